@@ -1,0 +1,38 @@
+"""Shared fixtures: the real reference volumes (fetched once) and the bundled sample."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTING_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTING_DIR.parent
+sys.path.insert(0, str(TESTING_DIR))
+
+import reference_data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference_files() -> Path:
+    """TotalSegmentator's `tests/reference_files/` (real CT/MR + label maps)."""
+    return reference_data.reference_files()
+
+
+@pytest.fixture(scope="session")
+def ts_class_map() -> dict[str, dict[int, str]]:
+    """TotalSegmentator label value -> name maps (`total`, `total_mr`)."""
+    return reference_data.total_class_map()
+
+
+@pytest.fixture(scope="session")
+def sample_ct_path() -> Path:
+    """The bundled sample CT (`Resources/SampleData/example_ct_sm.nii.gz`)."""
+    return REPO_ROOT / "Resources" / "SampleData" / "example_ct_sm.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def sample_seg_path() -> Path:
+    """The bundled sample CT's TotalSegmentator label map."""
+    return REPO_ROOT / "Resources" / "SampleData" / "example_ct_sm_seg.nii.gz"

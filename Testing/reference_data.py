@@ -1,0 +1,69 @@
+"""Real CT/MR volumes with TotalSegmentator label maps, fetched once into a cache.
+
+The TotalSegmentator 2.18.0 source distribution ships `tests/reference_files/` (Apache-2.0). It is
+fetched with the ordinary package client (`pip download`, from whichever index pip is configured for)
+and unpacked into `$AUTOMEDSAM_TESTDATA` (default `~/.cache/automedsam/testdata`). Run this file as a
+script to fetch ahead of time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+TS_VERSION = "2.18.0"
+SDIST_ROOT = f"totalsegmentator-{TS_VERSION}"
+
+
+def cache_dir() -> Path:
+    """Folder holding the unpacked sdist."""
+    default = Path.home() / ".cache" / "automedsam" / "testdata"
+    return Path(os.environ.get("AUTOMEDSAM_TESTDATA", default))
+
+
+def sdist_dir() -> Path:
+    """Root of the unpacked TotalSegmentator sdist, fetching it on first use."""
+    root = cache_dir() / SDIST_ROOT
+    if (root / "tests" / "reference_files" / "example_ct_sm.nii.gz").exists():
+        return root
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+             f"totalsegmentator=={TS_VERSION}", "-d", tmp],
+            check=True)
+        archive = next(Path(tmp).glob("totalsegmentator-*.tar.gz"))
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers()
+                       if m.name.startswith(f"{SDIST_ROOT}/tests/reference_files/")
+                       or m.name.startswith(f"{SDIST_ROOT}/totalsegmentator/")
+                       or m.name == f"{SDIST_ROOT}/LICENSE"]
+            tar.extractall(tmp, members=members, filter="data")
+        os.replace(Path(tmp) / SDIST_ROOT, root)
+    return root
+
+
+def reference_files() -> Path:
+    """`tests/reference_files/` of the sdist: example_ct_sm.nii.gz, example_seg.nii.gz, example_ct_dicom/, ..."""
+    return sdist_dir() / "tests" / "reference_files"
+
+
+def total_class_map() -> dict[str, dict[int, str]]:
+    """TotalSegmentator's label value -> name maps for the `total` and `total_mr` tasks."""
+    import ast
+
+    source = (sdist_dir() / "totalsegmentator" / "map_to_binary.py").read_text()
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "class_map":
+            class_map = ast.literal_eval(node.value)
+            return {"total": class_map["total"], "total_mr": class_map["total_mr"]}
+    raise RuntimeError("class_map not found in totalsegmentator/map_to_binary.py")
+
+
+if __name__ == "__main__":
+    print(reference_files())
