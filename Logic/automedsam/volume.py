@@ -9,10 +9,11 @@ Conventions (used everywhere in the package):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 
 from .errors import InputError
 
@@ -142,3 +143,156 @@ def _check_values(array: np.ndarray) -> None:
             raise InputError(f"the volume has {bad} NaN or infinite voxels; fix or mask them before segmenting")
     if array.min() == array.max():
         raise InputError(f"the volume is constant (every voxel is {array.flat[0]}); there is nothing to segment")
+
+
+# --------------------------------------------------------------------------- canonical slice view
+# The RAS axis (0 = R, 1 = A, 2 = S) shown along each canonical axis (slice, row, column), and the RAS sign of
+# the direction in which that canonical index grows: slices inferior -> superior (+S), rows anterior ->
+# posterior (-A), columns patient right -> patient left (-R; radiological convention, patient right on the
+# image's left). This is the orientation SimpleITK's `DICOMOrient(image, "LPS")` gives to an axis-aligned image.
+_CANONICAL_RAS_AXIS = (2, 1, 0)
+_CANONICAL_RAS_SIGN = (1.0, -1.0, -1.0)
+_BOX_TOLERANCE = 1e-6  # voxels; a box face within this of a voxel boundary counts as on it
+
+
+@dataclass(frozen=True)
+class CanonicalView:
+    """Axis permutation and flips (no resampling) presenting a KJI volume as axial slices `[s, r, c]`.
+
+    `permutation[a]` is the KJI array axis shown along canonical axis `a` (0 = slice, 1 = row, 2 = column);
+    `flips[a]` says that the canonical index runs against that array axis. Canonical voxel `[s, r, c]` has
+    the homogeneous index column `(c, r, s, 1)` (like KJI arrays and IJK indices), which `src_to_ijk` and
+    `src_to_ras` map to IJK and to RAS millimetres. Build it with `canonical_view(volume)`.
+    """
+
+    permutation: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    shape_kji: tuple[int, int, int]
+    ijk_to_ras: tuple[tuple[float, float, float, float], ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical array shape (S, R, C): slices, rows, columns."""
+        return tuple(self.shape_kji[axis] for axis in self.permutation)  # type: ignore[return-value]
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float, float]:
+        """Voxel size (slice_mm, row_mm, col_mm); anisotropic spacing is kept since nothing is resampled."""
+        spacing_ijk = np.linalg.norm(np.asarray(self.ijk_to_ras)[:3, :3], axis=0)
+        return tuple(float(spacing_ijk[2 - axis]) for axis in self.permutation)  # type: ignore[return-value]
+
+    def apply(self, array_kji: np.ndarray) -> np.ndarray:
+        """The (S, R, C) canonical array of a KJI array of the volume's shape; a view, not a copy.
+
+        Copy it (`np.ascontiguousarray`) before writing to it or handing it to torch (negative strides).
+        """
+        if tuple(np.shape(array_kji)) != self.shape_kji:
+            raise InputError(f"array of shape {np.shape(array_kji)} does not match the volume's grid {self.shape_kji}")
+        return _flip(np.transpose(array_kji, self.permutation), self.flips)
+
+    def invert(self, array_src: np.ndarray) -> np.ndarray:
+        """The KJI array on the volume's grid of an (S, R, C) canonical array; `invert(apply(a))` equals `a`."""
+        if tuple(np.shape(array_src)) != self.shape:
+            raise InputError(f"array of shape {np.shape(array_src)} does not match the canonical shape {self.shape}")
+        return np.transpose(_flip(np.asarray(array_src), self.flips), np.argsort(self.permutation))
+
+    @property
+    def src_to_ijk(self) -> np.ndarray:
+        """4x4 integer-valued matrix mapping canonical `(c, r, s, 1)` to `(i, j, k, 1)`."""
+        matrix = np.zeros((4, 4))
+        matrix[3, 3] = 1.0
+        for axis, (array_axis, flipped) in enumerate(zip(self.permutation, self.flips, strict=True)):
+            ijk_axis, src_column = 2 - array_axis, 2 - axis
+            matrix[ijk_axis, src_column] = -1.0 if flipped else 1.0
+            matrix[ijk_axis, 3] = self.shape_kji[array_axis] - 1.0 if flipped else 0.0
+        return matrix
+
+    @property
+    def src_to_ras(self) -> np.ndarray:
+        """4x4 matrix mapping canonical `(c, r, s, 1)` to RAS millimetres (voxel centres)."""
+        return np.asarray(self.ijk_to_ras) @ self.src_to_ijk
+
+    def ijk_of(self, s: int, r: int, c: int) -> tuple[int, int, int]:
+        """IJK index `(i, j, k)` of canonical voxel `[s, r, c]` (so `array_kji[k, j, i]` is that voxel)."""
+        i, j, k = (self.src_to_ijk @ np.array([c, r, s, 1.0]))[:3]
+        return round(i), round(j), round(k)
+
+
+def _flip(array: np.ndarray, flips: tuple[bool, bool, bool]) -> np.ndarray:
+    """`array` reversed along the axes marked in `flips` (a view)."""
+    return array[tuple(slice(None, None, -1) if flipped else slice(None) for flipped in flips)]
+
+
+def _nearest_ras_axes(directions_ras: np.ndarray) -> tuple[int, ...]:
+    """RAS axis assigned to each of the i, j, k axes: the permutation with the largest summed |direction cosine|.
+
+    Picking each axis's largest cosine on its own can give two axes the same RAS axis on a strongly oblique
+    volume; maximising over the six permutations gives every RAS axis exactly one voxel axis (ties resolved
+    in a fixed order, so the result is deterministic).
+    """
+    cosines = np.abs(directions_ras)  # [ras axis, ijk axis]
+    return max(itertools.permutations(range(3)), key=lambda ras: sum(cosines[ras[a], a] for a in range(3)))
+
+
+def canonical_view(volume: Volume) -> CanonicalView:
+    """The axial, anterior-up, patient-right-on-the-left view of `volume` (axis permutation and flips only).
+
+    Every voxel axis is matched to the RAS axis it is nearest to (an oblique volume is shown along its
+    nearest axes, not resampled). Training and inference both take slices through this one function.
+    """
+    if np.ndim(volume.array) != 3:
+        raise InputError(f"the image has {np.ndim(volume.array)} dimensions; AutoMedSAM needs a 3D volume")
+    matrix = np.asarray(volume.ijk_to_ras, dtype=float)
+    _check_geometry(matrix)
+    directions = volume.directions_ras
+    permutation, flips = [0, 0, 0], [False, False, False]
+    for ijk_axis, ras_axis in enumerate(_nearest_ras_axes(directions)):
+        axis = _CANONICAL_RAS_AXIS.index(ras_axis)
+        permutation[axis] = 2 - ijk_axis
+        flips[axis] = bool(directions[ras_axis, ijk_axis] * _CANONICAL_RAS_SIGN[axis] < 0)
+    return CanonicalView(tuple(permutation), tuple(flips), tuple(int(n) for n in volume.array.shape),  # type: ignore[arg-type]
+                         tuple(tuple(float(x) for x in row) for row in matrix))  # type: ignore[arg-type]
+
+
+def ras_box_to_canonical(
+    view_or_volume: CanonicalView | Volume,
+    corner0_ras: tuple[float, float, float] | np.ndarray,
+    corner1_ras: tuple[float, float, float] | np.ndarray,
+) -> tuple[int, int, int, int, int, int]:
+    """Canonical voxel ranges `(slice_lo, slice_hi, row_lo, row_hi, col_lo, col_hi)` (inclusive) of a RAS box.
+
+    The box is given by two opposite corners in RAS millimetres (any order). A voxel is inside when its extent
+    overlaps the box (a flat box through voxel centres selects that one slice); on an oblique volume the
+    ranges cover the box's bounding box in voxel space. Ranges are clipped to the volume; `InputError` if the
+    box misses the volume entirely.
+    """
+    view = view_or_volume if isinstance(view_or_volume, CanonicalView) else canonical_view(view_or_volume)
+    corners = np.array([corner0_ras, corner1_ras], dtype=float)
+    if corners.shape != (2, 3) or not np.all(np.isfinite(corners)):
+        raise InputError(f"a box needs two finite RAS corners of 3 coordinates each (mm); got {corners.tolist()}")
+    box = np.array(list(itertools.product(*corners.T)))  # the 8 corners, (8, 3) RAS mm
+    crs = (np.linalg.inv(view.src_to_ras) @ np.c_[box, np.ones(8)].T)[:3].T  # continuous (c, r, s)
+    ranges: list[int] = []
+    for axis, size in enumerate(view.shape):
+        lo = int(np.floor(crs[:, 2 - axis].min() + 0.5 + _BOX_TOLERANCE))
+        hi = max(int(np.ceil(crs[:, 2 - axis].max() - 0.5 - _BOX_TOLERANCE)), lo)
+        if hi < 0 or lo > size - 1:
+            raise InputError(
+                f"the box from RAS {_point_text(corners[0])} to {_point_text(corners[1])} mm does not "
+                f"intersect the volume, which spans {_ras_extent_text(view)}; give the corners in RAS "
+                "millimetres as Slicer shows them (not LPS, not voxel indices)")
+        ranges += [max(lo, 0), min(hi, size - 1)]
+    return tuple(ranges)  # type: ignore[return-value]
+
+
+def _point_text(point: np.ndarray) -> str:
+    """`(x, y, z)` with one decimal, for error messages."""
+    return "(" + ", ".join(f"{float(x):.1f}" for x in point) + ")"
+
+
+def _ras_extent_text(view: CanonicalView) -> str:
+    """The volume's RAS bounding box (voxel edges, mm) as text for error messages."""
+    edges = [(-0.5, n - 0.5) for n in view.shape[::-1]]  # (c, r, s)
+    points = np.array([[*p, 1.0] for p in itertools.product(*edges)])
+    ras = (view.src_to_ras @ points.T)[:3]
+    return ", ".join(f"{name} {lo:.1f}..{hi:.1f}" for name, lo, hi in zip("RAS", ras.min(1), ras.max(1), strict=True))
