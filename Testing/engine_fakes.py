@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from automedsam.volume import Volume
 
 # Normalised levels after the default CT window (level 40, width 400) and per-slice min-max.

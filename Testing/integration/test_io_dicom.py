@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+
 from automedsam import io
 from automedsam.catalog import Code, OrganClass
 from automedsam.errors import InputError

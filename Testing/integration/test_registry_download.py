@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from automedsam import registry
 from automedsam.errors import DownloadError, ModelError, OutputError
 from automedsam.registry import ModelFile, ModelRegistry, download_file, partial_path

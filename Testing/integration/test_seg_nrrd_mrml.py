@@ -6,16 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from automedsam import io
 from automedsam.catalog import Code, OrganClass
 from automedsam.result import LabelVolume, Segment
 from automedsam.volume import Volume
 
 slicer = pytest.importorskip("slicer")
-from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
 from vtkmodules.util import numpy_support  # noqa: E402
 from vtkmodules.vtkCommonCore import reference  # noqa: E402
 from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
+
+from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
 
 pytestmark = pytest.mark.slicer
 

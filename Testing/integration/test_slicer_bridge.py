@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from automedsam.catalog import Code, OrganClass
 from automedsam.errors import InputError
 from automedsam.result import LabelVolume, Segment
 from automedsam.volume import Volume
 
 slicer = pytest.importorskip("slicer")
-from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
 from vtkmodules.util import numpy_support  # noqa: E402
 from vtkmodules.vtkCommonCore import reference  # noqa: E402
 from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
+
+from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
 
 pytestmark = pytest.mark.slicer
 

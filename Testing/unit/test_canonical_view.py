@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
+
 from automedsam.errors import InputError
 from automedsam.volume import CanonicalView, Volume, canonical_view, ras_box_to_canonical
 

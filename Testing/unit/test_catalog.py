@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from automedsam import catalog as catalog_module
 from automedsam.catalog import (
     ANATOMIC_CONTEXT,

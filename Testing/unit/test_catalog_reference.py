@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
+
 from automedsam.catalog import GENERAL_ANATOMY_CONTEXT, ClassCatalog, default_catalog
 
 TERM_PATH = Path(__file__).resolve().parents[2] / "Resources" / "AutoMedSAM.term.json"

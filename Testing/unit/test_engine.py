@@ -7,12 +7,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from engine_fakes import FakeModel, back_to_reference, phantom, reorient
+
 from automedsam import engine
 from automedsam.catalog import default_catalog
 from automedsam.engine import BoxPrompt, EmbeddingCache, EngineOptions, RasBox, segment, segment_boxes
 from automedsam.errors import Cancelled, InputError, ModelError
 from automedsam.metrics import dice
-from engine_fakes import FakeModel, back_to_reference, phantom, reorient
 
 
 def _truth(volume, hu: int) -> np.ndarray:

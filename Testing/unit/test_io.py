@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 import slicerio
+
 from automedsam import io
 from automedsam.catalog import Code, OrganClass
 from automedsam.errors import InputError, OutputError
@@ -239,7 +240,7 @@ def test_write_result_chooses_by_extension(tmp_path: Path, result: LabelVolume) 
     for name in ("c.png", "d.nrrd"):
         with pytest.raises(InputError, match=r"unsupported result format; use one of \.seg\.nrrd, \.nii\.gz, \.nii"):
             io.write_result(result, tmp_path / name)
-    with pytest.raises(InputError, match="input was not DICOM"):
+    with pytest.raises(InputError, match="needs a DICOM series as input"):
         io.write_result(result, f"{tmp_path}/dicom_seg/")
     assert not (tmp_path / "dicom_seg").exists()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from automedsam.errors import InputError
 from automedsam.postprocess import fill_holes, largest_component, postprocess_labels
-from scipy import ndimage
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from automedsam.errors import InputError, ModelError
 from automedsam.preprocess import (
     PreprocessConfig,

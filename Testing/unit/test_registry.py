@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from automedsam import registry
 from automedsam.errors import InputError, ModelError
 from automedsam.registry import ModelRegistry, cache_dir, cache_path

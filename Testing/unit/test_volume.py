@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
+
 from automedsam.errors import InputError
 from automedsam.volume import Volume
 
