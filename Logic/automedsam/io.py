@@ -333,23 +333,36 @@ def write_probability_volume(volume_like: Volume | LabelVolume, path: Path | str
     return path
 
 
-def write_result(result: LabelVolume, path: Path | str, source_files: Sequence[Path] | None = None) -> Path:
-    """Write a result in the format its path asks for: `.seg.nrrd`, `.nii.gz`/`.nii` (+ JSON), or a folder.
+def result_format(path: Path | str, source_files: Sequence[Path] | None = None) -> str:
+    """"seg.nrrd", "nifti" or "dicom-seg" for an output path; `InputError` before any work if it cannot be written.
 
-    A folder (a path ending in a slash, an existing folder, or a name without a suffix) gets a DICOM SEG,
-    which needs the source DICOM files. Returns the path of the written result file.
+    A folder (a path ending in a slash, an existing folder, or a name without a suffix) means DICOM SEG, which
+    needs the source DICOM files.
     """
     text = os.fspath(path)
     path = Path(text)
     name = path.name.lower()
     if text.endswith(("/", os.sep)) or path.is_dir() or not path.suffix:
-        return write_dicom_seg(result, list(source_files or []), path)
+        if not source_files:
+            raise InputError(f"{path} is a folder, i.e. a DICOM SEG output, which needs a DICOM series as input; "
+                             f"for this input use one of {', '.join(RESULT_SUFFIXES)}")
+        return "dicom-seg"
     if name.endswith(".seg.nrrd"):
-        return write_seg_nrrd(result, path)
+        return "seg.nrrd"
     if name.endswith((".nii.gz", ".nii")):
-        return write_nifti_labels(result, path)[0]
+        return "nifti"
     raise InputError(f"{path.name}: unsupported result format; use one of {', '.join(RESULT_SUFFIXES)} "
                      "or a folder path (DICOM SEG)")
+
+
+def write_result(result: LabelVolume, path: Path | str, source_files: Sequence[Path] | None = None) -> Path:
+    """Write a result in the format its path asks for (see `result_format`); returns the written result file."""
+    kind = result_format(path, source_files)
+    if kind == "dicom-seg":
+        return write_dicom_seg(result, list(source_files or []), path)
+    if kind == "seg.nrrd":
+        return write_seg_nrrd(result, Path(path))
+    return write_nifti_labels(result, Path(path))[0]
 
 
 # ------------------------------------------------------------------------------------------ DICOM SEG
