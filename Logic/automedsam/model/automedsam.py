@@ -1,0 +1,179 @@
+"""AutoMedSAM: LiteMedSAM whose box prompt is replaced by a learned class prompt (DESIGN.md section 4).
+
+The inference engine encodes each slice once (`encode`), then asks for all selected classes at once
+(`segment_classes`: class prompt encoder -> SAM mask decoder on B*C (slice, class) pairs) or for box prompts
+(`segment_boxes`). All tensors are at model-input resolution (256 x 256); mapping back to the slice is the
+engine's job. The caller runs these under `torch.inference_mode()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from segment_anything.modeling import PromptEncoder
+from torch import nn
+
+from ..errors import ModelError
+from .checkpoint import load_checkpoint, restore_class_prompt_encoder, state_dict_mismatch
+from .class_prompt import ClassPromptConfig, ClassPromptEncoder, ClassPromptModule, build_class_prompt_encoder
+from .lite_medsam import LiteMedSAM, PairedMaskDecoder, load_lite_medsam
+
+DEFAULT_PREPROCESSING: dict[str, Any] = {"image_size": 256, "ct_window": [40.0, 400.0], "mr_percentiles": [0.5, 99.5]}
+
+
+class ClassOutput(NamedTuple):
+    """Class-prompt result for B slices x C classes."""
+
+    logits: torch.Tensor                    # (B, C, 256, 256) mask logits at model-input resolution
+    presence_logits: torch.Tensor           # (B, C) > 0: the class is on the slice
+    probability_std: torch.Tensor | None    # (B, C, 256, 256) std of sigmoid(logits) over noise samples, or None
+
+
+class AutoMedSAM(LiteMedSAM):
+    """LiteMedSAM + an optional class prompt encoder; `classes` are the catalog keys of its class indices."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: PairedMaskDecoder,
+                 class_prompt_encoder: ClassPromptModule | None = None, classes: Sequence[str] = (),
+                 preprocessing: Mapping[str, Any] | None = None, base_sha256: str | None = None) -> None:
+        super().__init__(image_encoder, prompt_encoder, mask_decoder)
+        self.class_prompt_encoder = class_prompt_encoder
+        self.classes: tuple[str, ...] = ()
+        if class_prompt_encoder is not None or classes:
+            self._set_classes(class_prompt_encoder, classes)
+        self.preprocessing: dict[str, Any] = dict(DEFAULT_PREPROCESSING if preprocessing is None else preprocessing)
+        self.base_sha256 = base_sha256
+        self.mask_decoder_tuned = False   # set by fine-tuning; `save_checkpoint` then stores the decoder too
+
+    @classmethod
+    def from_lite_medsam(cls, base: LiteMedSAM, base_sha256: str | None = None) -> AutoMedSAM:
+        """Box-mode AutoMedSAM sharing `base`'s modules (no class prompt encoder, `classes == ()`)."""
+        return cls(base.image_encoder, base.prompt_encoder, base.mask_decoder, base_sha256=base_sha256)
+
+    @property
+    def encoder_id(self) -> str:
+        """Identifies the image encoder's weights (embedding caches are keyed by it)."""
+        return f"litemedsam-tinyvit:{(self.base_sha256 or 'unverified')[:16]}"
+
+    def _set_classes(self, encoder: ClassPromptModule | None, classes: Sequence[str]) -> None:
+        keys = tuple(classes)
+        if encoder is None:
+            raise ModelError(f"classes {keys} were given without a class prompt encoder to segment them")
+        if len(keys) != encoder.config.num_classes or len(set(keys)) != len(keys):
+            raise ModelError(f"the class prompt encoder has {encoder.config.num_classes} classes but "
+                             f"{len(keys)} distinct class keys were given: {keys}")
+        self.classes = keys
+
+    def attach_class_prompt_encoder(self, encoder: ClassPromptModule, classes: Sequence[str]) -> None:
+        """Use `encoder` for `classes` (catalog keys, one per class index), replacing any previous one."""
+        self._set_classes(encoder, classes)
+        self.class_prompt_encoder = encoder.to(self.prompt_encoder.no_mask_embed.weight.device)
+
+    def attach_new_class_prompt_encoder(self, classes: Sequence[str],
+                                        config: ClassPromptConfig | None = None) -> ClassPromptModule:
+        """Attach an untrained class prompt encoder for `classes` (for training); returns it.
+
+        `config.num_classes` is set to `len(classes)`. The dense output of the "automedsam" variant starts at SAM's
+        no-mask embedding, i.e. at the dense part of a box prompt.
+        """
+        config = replace(config or ClassPromptConfig(), num_classes=len(classes))
+        encoder = build_class_prompt_encoder(config)
+        if isinstance(encoder, ClassPromptEncoder):
+            encoder.init_dense_bias(self.prompt_encoder.no_mask_embed.weight.detach().cpu())
+        self.attach_class_prompt_encoder(encoder, classes)
+        return encoder
+
+    def add_classes(self, keys: Sequence[str]) -> list[int]:
+        """Extend the class set with new catalog keys for fine-tuning; existing classes keep their embeddings."""
+        encoder = self._require_class_prompt_encoder()
+        duplicates = sorted(set(keys) & set(self.classes)) or sorted({k for k in keys if list(keys).count(k) > 1})
+        if duplicates:
+            raise ModelError(f"classes {duplicates} are already in the model or repeated; add each new class once")
+        indices = list(encoder.extend_classes(len(keys)))
+        self.classes = self.classes + tuple(keys)
+        return indices
+
+    def class_index(self, key: str) -> int:
+        """Class index of a catalog key; `ModelError` naming the model's classes if it has no such class."""
+        if key in self.classes:
+            return self.classes.index(key)
+        known = ", ".join(self.classes) if self.classes else "none (it has no class prompt encoder: box prompts only)"
+        raise ModelError(f"this model cannot segment {key!r}; its classes are: {known}")
+
+    def _require_class_prompt_encoder(self) -> ClassPromptModule:
+        if self.class_prompt_encoder is None:
+            raise ModelError("this model has no class prompt encoder, so it can only segment with box prompts; "
+                             "load a model with a class checkpoint (*.automedsam.pt) to segment by class")
+        return self.class_prompt_encoder
+
+    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor,
+                        noise_samples: int = 0) -> ClassOutput:
+        """Embeddings (B, 256, 64, 64), class indices (C,) -> `ClassOutput`; the decoder runs on B*C pairs at once.
+
+        With `noise_samples` = N > 0 the class prompt encoder also draws N seeded noise samples (its shared work is
+        reused) and `probability_std` is the per-pixel population std of their sigmoid(logits).
+        """
+        encoder = self._require_class_prompt_encoder()
+        condition = encoder.condition(embeddings, class_indices)
+        prompts = encoder.prompts(condition)
+        logits = self._decode_prompts(embeddings, prompts.sparse, prompts.dense)
+        std = None
+        if noise_samples > 0:
+            total = torch.zeros_like(logits, dtype=torch.float32)
+            squares = torch.zeros_like(total)
+            for sample in range(noise_samples):
+                noisy = encoder.prompts(condition, sample=sample)
+                probabilities = torch.sigmoid(self._decode_prompts(embeddings, noisy.sparse, noisy.dense).float())
+                total += probabilities
+                squares += probabilities * probabilities
+            mean = total / noise_samples
+            std = (squares / noise_samples - mean * mean).clamp_min(0.0).sqrt()
+        return ClassOutput(logits, prompts.presence_logits, std)
+
+    def _decode_prompts(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, ...), prompts (B, C, 2, 256) and (B, C, 256, 64, 64) -> logits (B, C, 256, 256)."""
+        b, c = sparse.shape[:2]
+        if c == 0:
+            return embeddings.new_zeros((b, 0, self.image_size, self.image_size))
+        logits, _ = self.decode(embeddings, sparse.flatten(0, 1), dense.flatten(0, 1))
+        return logits.view(b, c, *logits.shape[-2:])
+
+    def train(self, mode: bool = True) -> AutoMedSAM:
+        """Set training mode, except for the image encoder: it is frozen and its BatchNorm must keep eval statistics."""
+        super().train(mode)
+        self.image_encoder.eval()
+        return self
+
+
+def apply_checkpoint(model: AutoMedSAM, data: Mapping[str, Any], source: Path | str = "checkpoint") -> None:
+    """Put a loaded checkpoint's (`load_checkpoint`) class prompt encoder, classes, preprocessing and, if it holds
+    one, fine-tuned mask decoder into `model`."""
+    encoder = restore_class_prompt_encoder(data, source)
+    decoder_state = data["state_dicts"].get("mask_decoder")
+    if decoder_state is not None:
+        try:
+            model.mask_decoder.load_state_dict(decoder_state, strict=True)
+        except RuntimeError as error:
+            raise ModelError(f"checkpoint {source}: its mask decoder weights do not fit LiteMedSAM's decoder "
+                             f"({state_dict_mismatch(error)}); the file is damaged") from error
+        model.mask_decoder_tuned = True
+    model.attach_class_prompt_encoder(encoder, data["classes"])
+    model.preprocessing = dict(data["preprocessing"])
+
+
+def build_automedsam(base_weights: Path | str, base_sha256: str, checkpoint: Path | str | None = None,
+                     checkpoint_sha256: str | None = None) -> AutoMedSAM:
+    """AutoMedSAM from LiteMedSAM weights (SHA-256 checked) and, optionally, a class checkpoint (`*.automedsam.pt`).
+
+    Without a checkpoint the model runs box prompts only (`classes == ()`). The checkpoint must have been trained on
+    the same base weights (its recorded SHA-256 is compared with `base_sha256`). Returns the model in eval mode on
+    the CPU; every file problem raises `ModelError`.
+    """
+    model = AutoMedSAM.from_lite_medsam(load_lite_medsam(base_weights, base_sha256), base_sha256=base_sha256.lower())
+    if checkpoint is not None:
+        data = load_checkpoint(checkpoint, checkpoint_sha256, base_sha256=base_sha256)
+        apply_checkpoint(model, data, checkpoint)
+    return model.eval()

@@ -1,0 +1,257 @@
+"""AutoMedSAM checkpoints (`*.automedsam.pt`) and safe loading of weight files.
+
+A checkpoint is one `torch.save`d dict holding only what was trained; the frozen LiteMedSAM weights are referenced by
+their SHA-256, not copied:
+
+    {"format_version": 1, "kind": "automedsam",
+     "base_model": {"id": "litemedsam", "sha256": "<64 hex>"},
+     "model_config": ClassPromptConfig.to_dict(), "classes": [catalog keys, one per class index],
+     "preprocessing": {...}, "training": {...}, "metrics": {...},
+     "state_dicts": {"class_prompt_encoder": {...}, "mask_decoder": {...}  (only when it was fine-tuned)}}
+
+Every file is read with `torch.load(map_location="cpu", weights_only=True)` after its SHA-256 is checked (when one is
+known), so a file cannot run code when it is loaded; every failure becomes a `ModelError` that says what is wrong
+and what to do. Checkpoints are written atomically (temporary file in the same folder + `os.replace`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError, ModelError, OutputError
+from .class_prompt import ClassPromptConfig, ClassPromptModule, build_class_prompt_encoder
+
+if TYPE_CHECKING:
+    from .automedsam import AutoMedSAM
+
+FORMAT_VERSION = 1
+KIND = "automedsam"
+BASE_MODEL_ID = "litemedsam"
+CHECKPOINT_SUFFIX = ".automedsam.pt"
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: Path | str) -> str:
+    """Lower-case hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    """`ModelError` unless `path` exists and its SHA-256 equals `expected` (message: expected vs actual)."""
+    if not path.is_file():
+        raise ModelError(f"{what} {path} does not exist; check the path or download the model again")
+    try:
+        actual = sha256_of(path)
+    except OSError as error:
+        raise ModelError(f"{what} {path} cannot be read ({error.strerror or error}); check its permissions") from error
+    if actual != expected.strip().lower():
+        raise ModelError(f"{what} {path} has the wrong checksum: expected SHA-256 {expected.strip().lower()}, "
+                         f"actual {actual}; the file is corrupt, incomplete or a different version: delete it and "
+                         "download or install it again")
+
+
+def load_weights_file(path: Path, what: str) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)` with every failure turned into a `ModelError`."""
+    if not path.is_file():
+        raise ModelError(f"{what} {path} does not exist; check the path or download the model again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error) or "global" in str(error):
+            raise ModelError(f"{what} {path} contains executable code (Python objects other than weights) and was not "
+                             "loaded; use only model files from a source you trust, in the safe weights format"
+                             ) from error
+        raise ModelError(f"{what} {path} is corrupt or not a PyTorch weights file ({_first_line(error)}); "
+                         "download it again") from error
+    except (RuntimeError, EOFError, ValueError, KeyError) as error:
+        raise ModelError(f"{what} {path} is truncated or corrupt ({_first_line(error)}); download or save it "
+                         "again") from error
+    except OSError as error:
+        raise ModelError(f"{what} {path} cannot be read ({error.strerror or error}); check its permissions") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def state_dict_mismatch(error: BaseException) -> str:
+    """`load_state_dict`'s multi-line error as one short line (missing / unexpected keys, shape mismatches)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` as plain Python data a weights-only load accepts (numbers, strings, lists, dicts, None)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if hasattr(value, "tolist"):   # numpy scalars and arrays, 0-d tensors
+        return _plain(value.tolist(), where)
+    raise InputError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store; use numbers, strings, "
+                     "lists or dicts")
+
+
+def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of a module's tensors (own storage each, so nothing else is pickled)."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
+
+
+def checkpoint_payload(model: AutoMedSAM, training: Mapping[str, Any] | None = None,
+                       metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dict `save_checkpoint` writes for `model` (trained parts only)."""
+    if model.class_prompt_encoder is None:
+        raise ModelError("the model has no class prompt encoder; only a model with a trained class prompt encoder "
+                         "can be saved as an AutoMedSAM checkpoint")
+    if not model.base_sha256:
+        raise ModelError("the model's LiteMedSAM weights are not identified by a SHA-256; build the model with "
+                         "build_automedsam(...) from the real weights before saving a checkpoint")
+    state_dicts = {"class_prompt_encoder": _state_dict(model.class_prompt_encoder)}
+    if model.mask_decoder_tuned:
+        state_dicts["mask_decoder"] = _state_dict(model.mask_decoder)
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "base_model": {"id": BASE_MODEL_ID, "sha256": model.base_sha256},
+        "model_config": model.class_prompt_encoder.config.to_dict(),
+        "classes": list(model.classes),
+        "preprocessing": _plain(model.preprocessing, "preprocessing"),
+        "training": _plain(dict(training or {}), "training"),
+        "metrics": _plain(dict(metrics or {}), "metrics"),
+        "state_dicts": state_dicts,
+    }
+
+
+def save_checkpoint(path: Path | str, model: AutoMedSAM, training: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write `model`'s trained parts to `path` atomically; on any failure no file (not even a partial one) remains.
+
+    `training`/`metrics` are plain metadata (numbers, strings, lists, dicts). Raises `OutputError` when the file
+    cannot be written (missing folder, no permission, disk full); an existing file at `path` is then left unchanged.
+    """
+    path = Path(path)
+    payload = checkpoint_payload(model, training, metrics)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write the checkpoint {path}: {_os_reason(error)}; choose a folder that exists "
+                          "and is writable") from error
+    written = False
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        written = True
+    except (OSError, RuntimeError) as error:
+        raise OutputError(f"cannot write the checkpoint {path}: {_os_reason(error)}; nothing was written (free "
+                          "some disk space or choose another folder)") from error
+    finally:
+        if not written:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+    return path
+
+
+def _os_reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "the disk is full"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return _first_line(error)
+
+
+def load_checkpoint(path: Path | str, expected_sha256: str | None = None,
+                    base_sha256: str | None = None) -> dict[str, Any]:
+    """Read and validate an AutoMedSAM checkpoint; returns its dict (see the module docstring).
+
+    Checks, each failing with a specific `ModelError`: the file exists; its SHA-256 equals `expected_sha256` (when
+    given, before anything is unpickled); it loads as weights only (no code); format version and kind; the base model
+    SHA-256 equals `base_sha256` (when given); the configuration, class list and state dicts fit together.
+    """
+    path = Path(path)
+    what = "checkpoint"
+    if expected_sha256 is not None:
+        verify_sha256(path, expected_sha256, what)
+    data = load_weights_file(path, what)
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise ModelError(f"{path} is not an AutoMedSAM checkpoint (no format_version); it may be a plain weights "
+                         "file: pass it as base weights instead")
+    if data["format_version"] != FORMAT_VERSION:
+        raise ModelError(f"checkpoint {path} has format version {data['format_version']!r}; this AutoMedSAM reads "
+                         f"version {FORMAT_VERSION}: update AutoMedSAM or use a checkpoint made for this version")
+    if data.get("kind") != KIND:
+        raise ModelError(f"{path} is a {data.get('kind')!r} file, not an AutoMedSAM class prompt checkpoint")
+    _check_base_model(path, data.get("base_model"), base_sha256)
+    config = ClassPromptConfig.from_dict(_field(path, data, "model_config", dict))
+    _check_classes(path, _field(path, data, "classes", list), config)
+    _field(path, data, "preprocessing", dict)
+    state_dicts = _field(path, data, "state_dicts", dict)
+    restore_class_prompt_encoder(data, path)
+    if "mask_decoder" in state_dicts and not _is_tensor_dict(state_dicts["mask_decoder"]):
+        raise ModelError(f"checkpoint {path}: the mask decoder state is not a dict of tensors; the file is damaged")
+    return data
+
+
+def _field(path: Path, data: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise ModelError(f"checkpoint {path} lacks a valid {name!r} entry ({kind.__name__} expected); the file is "
+                         "damaged or was not written by AutoMedSAM")
+    return value
+
+
+def _check_base_model(path: Path, base: Any, base_sha256: str | None) -> None:
+    if not isinstance(base, dict) or base.get("id") != BASE_MODEL_ID or not isinstance(base.get("sha256"), str):
+        raise ModelError(f"checkpoint {path} does not name its base model as {BASE_MODEL_ID!r} with a SHA-256; "
+                         "this version supports LiteMedSAM-based checkpoints only")
+    if base_sha256 is not None and base["sha256"].lower() != base_sha256.strip().lower():
+        raise ModelError(f"checkpoint {path} was trained on LiteMedSAM weights with SHA-256 {base['sha256']}, but "
+                         f"the base weights given have SHA-256 {base_sha256}; use the base weights it was trained on")
+
+
+def _check_classes(path: Path, classes: list[Any], config: ClassPromptConfig) -> None:
+    if not all(isinstance(key, str) and key for key in classes) or len(set(classes)) != len(classes):
+        raise ModelError(f"checkpoint {path}: the class list must hold distinct class keys, got {classes}")
+    if len(classes) != config.num_classes:
+        raise ModelError(f"checkpoint {path} lists {len(classes)} classes but its class prompt encoder has "
+                         f"{config.num_classes}; the file is inconsistent")
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def restore_class_prompt_encoder(data: Mapping[str, Any], path: Path | str = "checkpoint") -> ClassPromptModule:
+    """The class prompt encoder of a loaded checkpoint dict, weights in place (CPU, eval mode)."""
+    config = ClassPromptConfig.from_dict(data["model_config"])
+    state = data["state_dicts"].get("class_prompt_encoder")
+    if not _is_tensor_dict(state):
+        raise ModelError(f"checkpoint {path} has no class prompt encoder weights; the file is damaged")
+    module = build_class_prompt_encoder(config)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"checkpoint {path}: the class prompt encoder weights do not fit its configuration "
+                         f"({state_dict_mismatch(error)}); the file is damaged or was edited") from error
+    return module.eval()
