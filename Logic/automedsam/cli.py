@@ -1,0 +1,84 @@
+"""The `automedsam` command line: `segment`, `classes`, `models list|verify|download`, `demo`.
+
+Exit codes: 0 success, 2 user error (one `error: ...` line, no traceback), 1 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import AutoMedSAMError
+
+logger = logging.getLogger("automedsam")
+
+
+def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("segment", help="segment organ classes (or a box) in a CT/MR volume")
+    parser.add_argument("input", type=Path, help="NIfTI, NRRD, MHA file or DICOM series folder")
+    parser.add_argument("-c", "--class", dest="classes", action="append", default=[], metavar="NAME",
+                        help="class to segment (repeatable); with --box, the name of the resulting segment")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output: .seg.nrrd, .nii.gz (+ labels .json), or a folder for DICOM SEG")
+    parser.add_argument("--model", default=None, help="model id (see `automedsam models list`) or .automedsam.pt file")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--box", default=None, help="box prompt: two opposite corners R0,A0,S0,R1,A1,S1 in RAS mm")
+    parser.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
+    parser.add_argument("--uncertainty", type=Path, default=None, metavar="OUT",
+                        help="also write a per-voxel uncertainty map (.nii.gz or .nrrd)")
+    parser.add_argument("--samples", type=int, default=4, help="noise samples for --uncertainty (default 4)")
+    parser.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the detected modality")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
+    parser.add_argument("--download", action="store_true", help="download missing model weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="automedsam", description="AutoMedSAM organ segmentation for CT and MR.")
+    parser.add_argument("--version", action="version", version=f"automedsam {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_segment_parser(commands)
+    classes = commands.add_parser("classes", help="list the organ classes")
+    classes.add_argument("--model", default=None, help="only the classes this model segments")
+    classes.add_argument("--region", default=None, help="only classes of this body region")
+    models = commands.add_parser("models", help="list, verify or download models")
+    models.add_argument("action", choices=["list", "verify", "download"])
+    models.add_argument("model_id", nargs="?", default=None, help="model id (download/verify; default: all/default)")
+    demo = commands.add_parser("demo", help="segment the bundled sample CT; writes .seg.nrrd and an overlay PNG")
+    demo.add_argument("-o", "--output", type=Path, default=Path("automedsam-demo"), help="output folder")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `automedsam` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from . import commands
+
+    handlers = {"segment": commands.run_segment, "classes": commands.run_classes,
+                "models": commands.run_models, "demo": commands.run_demo}
+    try:
+        handlers[args.command](args)
+    except AutoMedSAMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns internal errors into exit code 1
+        if args.debug:
+            raise
+        print(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

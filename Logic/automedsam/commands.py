@@ -1,0 +1,197 @@
+"""What each `automedsam` sub-command does; `cli.py` only parses arguments and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import default_catalog
+from .engine import BoxPrompt, EmbeddingCache, EngineOptions, RasBox, segment, segment_boxes
+from .errors import InputError
+from .io import read_input, result_format, write_probability_volume, write_result
+from .loading import load_model
+from .metrics import dice
+from .registry import ModelRegistry
+from .resources import resource_path
+from .result import LabelVolume
+from .volume import Volume
+
+DEMO_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A tqdm bar on stderr driven by the engine's (done, total, message) callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="slice", file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _download_progress() -> Callable[[int, int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr, desc="download")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def _check_output_path(path: Path) -> None:
+    """Fail before the (slow) run when the output folder cannot be created or written."""
+    parent = path if not path.suffix else path.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write to {parent}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"cannot write to {parent}: permission denied; choose another output path")
+
+
+def run_segment(args: argparse.Namespace) -> None:
+    """`automedsam segment`: read, segment by class or box, write the result (and the uncertainty map)."""
+    volume, source_files = read_input(args.input, args.modality)
+    result_format(args.output, source_files)
+    _check_output_path(args.output)
+    if args.uncertainty is not None:
+        _check_output_path(args.uncertainty)
+    model = load_model(args.model, download=args.download, progress=_download_progress())
+    with _progress_bar("segmenting") as progress:
+        options = EngineOptions(device=args.device, batch_size=args.batch_size, postprocess=not args.no_postprocess,
+                                uncertainty_samples=args.samples if args.uncertainty is not None else 0,
+                                progress=progress, warn=_say)
+        result = _segment(volume, model, args, options)
+    written = write_result(result, args.output, source_files)
+    if args.uncertainty is not None and result.uncertainty is not None:
+        write_probability_volume(volume.with_array(result.uncertainty), args.uncertainty)
+    _say(f"wrote {written}")
+    for segment_ in result.segments:
+        voxels = int(np.count_nonzero(result.labels == segment_.label_value))
+        _say(f"  {segment_.name}: {voxels * float(np.prod(volume.spacing)) / 1000.0:.1f} mL")
+
+
+def _segment(volume: Volume, model: object, args: argparse.Namespace, options: EngineOptions) -> LabelVolume:
+    if args.box is None:
+        return segment(volume, args.classes, model, options)  # type: ignore[arg-type]
+    if len(args.classes) > 1:
+        raise InputError("--box makes one segment; give at most one -c NAME to name it")
+    if args.uncertainty is not None:
+        raise InputError("--uncertainty needs class prompts; it is not available with --box")
+    corner0, corner1 = _parse_box(args.box)
+    name = args.classes[0] if args.classes else "Segment_1"
+    prompt = BoxPrompt.from_ras(volume, name, RasBox(corner0, corner1))
+    return segment_boxes(volume, [prompt], model, options)  # type: ignore[arg-type]
+
+
+def _parse_box(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """`R0,A0,S0,R1,A1,S1` (two opposite corners, RAS mm) -> two points."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise InputError(f"--box expects six comma-separated numbers R0,A0,S0,R1,A1,S1 in mm, got {text!r}")
+    return (values[0], values[1], values[2]), (values[3], values[4], values[5])
+
+
+def run_classes(args: argparse.Namespace) -> None:
+    """`automedsam classes`: the catalog (or one model's classes) grouped by body region."""
+    catalog = default_catalog()
+    only = None
+    if args.model is not None:
+        entry = ModelRegistry.load().get(args.model)
+        only = set(entry.classes)
+    for region, organs in catalog.regions().items():
+        if args.region is not None and region != args.region:
+            continue
+        shown = [o for o in organs if only is None or o.key in only]
+        if shown:
+            print(f"{region}:")
+            for organ in shown:
+                print(f"  {organ.key:<32} {organ.name:<36} {'/'.join(organ.modalities)}")
+
+
+def run_models(args: argparse.Namespace) -> None:
+    """`automedsam models list|verify|download`."""
+    registry = ModelRegistry.load()
+    if args.action == "list":
+        default_id = registry.default().id
+        for entry in registry.entries():
+            mark = "*" if entry.id == default_id else " "
+            classes = f"{len(entry.classes)} classes" if entry.classes else "box prompts"
+            print(f"{mark} {entry.id:<22} {entry.title} [{entry.encoder}, {classes}; {entry.license}]")
+        return
+    entries = [registry.get(args.model_id)] if args.model_id else registry.entries()
+    if args.action == "download":
+        entries = [registry.get(args.model_id)] if args.model_id else [registry.default()]
+        for entry in entries:
+            paths = registry.resolve(entry, download=True, progress=_download_progress())
+            _say(f"{entry.id}: ok ({paths})")
+        return
+    failed = False
+    for entry in entries:
+        for file, path, status in registry.verify(entry):
+            print(f"{entry.id:<22} {file.name:<40} {status}{'' if path is None else f'  {path}'}")
+            failed |= status != "ok" and status != "missing"
+    if failed:
+        raise InputError("some model files failed verification; delete them and download again")
+
+
+def _reference_masks(volume: Volume, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The sample's TotalSegmentator reference masks per class key, on the sample's grid."""
+    reference, _ = read_input(resource_path("SampleData", "example_ct_sm_seg.nii.gz"), "CT")
+    if reference.array.shape != volume.array.shape or not np.allclose(reference.ijk_to_ras, volume.ijk_to_ras):
+        raise InputError("the sample's reference labels do not share the sample CT's grid")
+    catalog = default_catalog()
+    return {key: reference.array == catalog.get(key).ts_total for key in keys}
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """`automedsam demo`: segment the bundled sample CT; write `.seg.nrrd` + overlay PNG; print Dice."""
+    from .overlay import write_overlay_png
+
+    volume, _ = read_input(resource_path("SampleData", "example_ct_sm.nii.gz"), "CT")
+    model = load_model(None)
+    references = _reference_masks(volume, DEMO_CLASSES)
+    with _progress_bar("segmenting the sample") as progress:
+        options = EngineOptions(device=args.device, progress=progress, warn=_say, cache=EmbeddingCache())
+        if set(DEMO_CLASSES) <= set(model.classes):
+            mode = "class prompts"
+            result = segment(volume, DEMO_CLASSES, model, options)
+        else:
+            mode = "box prompts from the sample's reference labels"
+            _say("the default model has no class prompt encoder for these classes yet: running box mode with "
+                 "boxes taken from the sample's reference labels (an upper bound for class prompts)")
+            prompts = [BoxPrompt.from_mask(volume, key, mask) for key, mask in references.items()]
+            result = segment_boxes(volume, prompts, model, options)
+    args.output.mkdir(parents=True, exist_ok=True)
+    seg_path = write_result(result, args.output / "demo.seg.nrrd")
+    png_path = write_overlay_png(result, args.output / "demo_overlay.png", title=f"AutoMedSAM demo ({mode})")
+    print(f"wrote {seg_path}\nwrote {png_path}")
+    print("Dice vs the sample's TotalSegmentator labels (model outputs, not manual ground truth):")
+    for segment_ in result.segments:
+        print(f"  {segment_.name:<16} {dice(result.labels == segment_.label_value, references[segment_.key]):.3f}")
