@@ -48,14 +48,17 @@ def _progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]
 
 
 def _download_progress() -> Callable[[int, int], None]:
+    """A download progress callback whose tqdm bar appears only once bytes actually flow."""
     from tqdm import tqdm
 
-    bar = tqdm(unit="B", unit_scale=True, file=sys.stderr, desc="download")
+    bars: list[tqdm] = []
 
     def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(unit="B", unit_scale=True, file=sys.stderr, desc="download"))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
     return update
 
