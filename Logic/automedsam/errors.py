@@ -27,3 +27,7 @@ class OutputError(AutoMedSAMError, OSError):
 
 class Cancelled(AutoMedSAMError):
     """The user cancelled a run; nothing was written."""
+
+
+class DependencyError(AutoMedSAMError):
+    """A Python package the run needs is missing and was not installed; the message says how to get it."""
