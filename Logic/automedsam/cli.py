@@ -33,6 +33,10 @@ def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=4, help="noise samples for --uncertainty (default 4)")
     parser.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the detected modality")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="encoder precision; auto: bf16 on GPUs and on CPUs with AMX/avx512_bf16, else fp32")
+    parser.add_argument("--encoder-backend", default="auto", choices=["auto", "torch", "openvino"],
+                        help="auto: OpenVINO on the CPU when installed (pip install automedsam[cpu]), else PyTorch")
     parser.add_argument("--download", action="store_true", help="download missing model weights")
 
 

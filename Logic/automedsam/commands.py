@@ -86,6 +86,7 @@ def run_segment(args: argparse.Namespace) -> None:
     with _progress_bar("segmenting") as progress:
         options = EngineOptions(device=args.device, batch_size=args.batch_size, postprocess=not args.no_postprocess,
                                 uncertainty_samples=args.samples if args.uncertainty is not None else 0,
+                                precision=args.precision, encoder_backend=args.encoder_backend,
                                 progress=progress, warn=_say)
         result = _segment(volume, model, args, options)
     written = write_result(result, args.output, source_files)

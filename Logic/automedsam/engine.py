@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .acceleration import EncoderPlan, autocast_dtype, make_encode, plan_encoder
 from .catalog import ClassCatalog, OrganClass, default_catalog
 from .errors import AutoMedSAMError, Cancelled, InputError, ModelError
 from .postprocess import postprocess_labels
@@ -94,7 +95,9 @@ class EngineOptions:
     presence_threshold: float = 0.5
     postprocess: bool = True
     uncertainty_samples: int = 0
-    amp: bool | None = None  # None: on for GPUs, off on CPU
+    amp: bool | None = None  # legacy switch: True -> precision bf16, False -> fp32, None -> `precision` decides
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (acceleration.plan_encoder)
+    encoder_backend: str = "auto"  # auto | torch | openvino
     progress: ProgressCallback | None = None
     cancel: CancelCallback | None = None
     cache: EmbeddingCache | None = None
@@ -210,12 +213,22 @@ class _Run:
             self.uncertainty = np.zeros(self.normalized.shape, dtype=np.float32)
         self.device = resolve_device(self.options.device)
         self.batch_size = self.options.batch_size or _default_batch_size(self.device)
+        self._plan_encoder()
         self.cache_key = self._cache_key()
+
+    def _plan_encoder(self) -> None:
+        """Backend and precision for the current device (again after an out-of-memory fallback to the CPU)."""
+        precision = self.options.precision
+        if self.options.amp is not None:
+            precision = "bf16" if self.options.amp else "fp32"
+        self.plan: EncoderPlan = plan_encoder(self.device, precision, self.options.encoder_backend, self.model)
+        self.encode = make_encode(self.model, self.device, self.plan)
 
     def _cache_key(self) -> str | None:
         if self.options.cache is None:
             return None
         encoder_id = str(getattr(self.model, "encoder_id", type(self.model).__name__))
+        encoder_id = f"{encoder_id}|{self.plan.label}"
         return EmbeddingCache.volume_key(self.volume, self.config.to_dict(), encoder_id)
 
     def warn(self, message: str) -> None:
@@ -267,6 +280,7 @@ class _Run:
         elif self.device.type != "cpu":
             self.warn(f"out of memory on {self.device.type} even with batch size 1; continuing on the CPU (slower)")
             self.device = torch.device("cpu")
+            self._plan_encoder()
         else:
             raise AutoMedSAMError("out of memory on the CPU with batch size 1; close other programs, "
                                   "or segment a region of interest") from error
@@ -280,13 +294,8 @@ class _Run:
         self._accumulate(batch, decoded)
 
     def _autocast(self) -> Any:
-        use_amp = self.options.amp if self.options.amp is not None else self.device.type == "cuda"
-        if not use_amp:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            dtype = torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        dtype = autocast_dtype(self.plan, self.device)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _embeddings(self, batch: list[int], images: torch.Tensor) -> torch.Tensor:
         cache, key = self.options.cache, self.cache_key
@@ -294,7 +303,7 @@ class _Run:
         missing = [i for i, found in enumerate(cached) if found is None]
         if not missing:
             return torch.from_numpy(np.stack(cached)).to(self.device, torch.float32)
-        computed = self.model.encode(images[missing].to(self.device)).float()
+        computed = self.encode(images[missing].to(self.device)).to(self.device, torch.float32)
         if cache is not None and key is not None:
             for i, embedding in zip(missing, computed.cpu().numpy(), strict=True):
                 cache.put(key, batch[i], embedding)

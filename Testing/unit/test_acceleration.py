@@ -1,0 +1,137 @@
+"""Encoder precision/backend planning, the OpenVINO encoder (numerics, dynamic batch, disk cache), engine wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_fakes import FakeModel, phantom
+
+from automedsam import acceleration
+from automedsam.acceleration import EncoderPlan, autocast_dtype, plan_encoder
+from automedsam.engine import EmbeddingCache, EngineOptions, _default_batch_size, segment
+from automedsam.errors import InputError
+from automedsam.model.tiny_vit import TinyViT
+
+CPU = torch.device("cpu")
+
+
+class TinyModel:
+    """Just what `plan_encoder` looks at: a TinyViT image encoder."""
+
+    image_size = 64
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.image_encoder = TinyViT(img_size=64, embed_dims=(8, 16, 20, 40), depths=(1, 1, 1, 1),
+                                     num_heads=(1, 2, 2, 4), out_chans=32).eval()
+
+
+@pytest.mark.parametrize(("installed", "expected"), [(True, EncoderPlan("openvino", "fp32")),
+                                                      (False, EncoderPlan("torch", "fp32"))])
+def test_auto_plan_on_the_cpu_is_fp32_in_openvino_when_installed(monkeypatch, installed, expected):
+    monkeypatch.setattr(acceleration, "openvino_available", lambda: installed)
+    assert plan_encoder(CPU, model=TinyModel()) == expected
+    assert plan_encoder(CPU, "bf16", model=TinyModel()).precision == "bf16"
+
+
+def test_models_without_our_encoder_stay_on_torch_and_fp16_becomes_fp32_in_openvino(monkeypatch):
+    monkeypatch.setattr(acceleration, "openvino_available", lambda: True)
+    assert plan_encoder(CPU, "fp32", model=FakeModel()).backend == "torch"
+    assert plan_encoder(CPU, "fp16", "openvino", TinyModel()) == EncoderPlan("openvino", "fp32")
+    assert autocast_dtype(EncoderPlan("torch", "bf16"), CPU) is None  # CPU decoding stays fp32
+
+
+def test_bad_settings_are_refused_with_a_message(monkeypatch):
+    with pytest.raises(InputError, match="precision"):
+        plan_encoder(CPU, "int4")
+    with pytest.raises(InputError, match="backend"):
+        plan_encoder(CPU, "fp32", "tensorrt")
+    with pytest.raises(InputError, match="CPU only"):
+        plan_encoder(torch.device("cuda"), "fp32", "openvino")
+    monkeypatch.setattr(acceleration, "openvino_available", lambda: False)
+    with pytest.raises(InputError, match=r"automedsam\[cpu\]"):
+        plan_encoder(CPU, "fp32", "openvino", TinyModel())
+
+
+@pytest.mark.parametrize("options", [EngineOptions(device="cpu", precision="bf16"),
+                                     EngineOptions(device="cpu", amp=True),
+                                     EngineOptions(device="cpu", precision="fp32", encoder_backend="torch")])
+def test_engine_runs_each_precision_setting_with_the_same_labels(options):
+    reference = segment(phantom(), ["liver", "spleen"], FakeModel(), EngineOptions(device="cpu", amp=False)).labels
+    labels = segment(phantom(), ["liver", "spleen"], FakeModel(), options).labels
+    assert (labels == reference).mean() > 0.99 and (labels > 0).any()
+
+
+def test_cache_keys_differ_between_precisions():
+    cache = EmbeddingCache()
+    model = FakeModel()
+    segment(phantom(), ["liver"], model, EngineOptions(device="cpu", precision="fp32", cache=cache))
+    first = model.encoded_slices
+    segment(phantom(), ["liver"], model, EngineOptions(device="cpu", precision="bf16", cache=cache))
+    assert model.encoded_slices == 2 * first  # bf16 embeddings are not served for an fp32 run, nor vice versa
+    segment(phantom(), ["liver"], model, EngineOptions(device="cpu", precision="bf16", cache=cache))
+    assert model.encoded_slices == 2 * first
+
+
+@pytest.mark.parametrize(("free_gb", "expected"), [(0.1, 1), (4.0, 16), (100.0, 64)])
+def test_gpu_batch_size_is_sized_from_free_memory(monkeypatch, free_gb, expected):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gb * 1024**3), 80 * 1024**3))
+    assert _default_batch_size(torch.device("cuda")) == expected
+    assert _default_batch_size(CPU) == 1
+
+
+def test_openvino_encoder_matches_pytorch_and_is_cached_on_disk(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    model = TinyModel()
+    images = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model.image_encoder(images)
+    fp32 = acceleration.openvino_encoder(model.image_encoder, 64, "fp32", cache_root=tmp_path)
+    got = fp32(images)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert torch.allclose(fp32(images[:1]), expected[:1], rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert len(list((tmp_path / "openvino").glob("tinyvit-*.xml"))) == 1
+
+    acceleration._COMPILED.clear()
+    monkeypatch.setattr(acceleration, "convert_encoder", lambda *a: pytest.fail("converted again despite the cache"))
+    bf16 = acceleration.openvino_encoder(model.image_encoder, 64, "bf16", cache_root=tmp_path)(images)
+    relative = float((bf16 - expected).abs().max() / expected.abs().max())
+    assert relative < 0.1
+    with pytest.raises(InputError, match="model input"):
+        fp32(torch.rand(1, 3, 32, 32))
+
+
+def test_changed_weights_name_a_new_conversion():
+    pytest.importorskip("openvino")
+    model = TinyModel()
+    before = acceleration.encoder_digest(model.image_encoder, 64)
+    assert acceleration.encoder_digest(model.image_encoder, 64) == before
+    with torch.no_grad():
+        model.image_encoder.neck[0].weight.add_(1.0)
+    assert acceleration.encoder_digest(model.image_encoder, 64) != before
+
+
+def test_cli_defaults_to_the_automatic_fast_path_and_accepts_overrides():
+    from automedsam.cli import build_parser
+
+    defaults = build_parser().parse_args(["segment", "ct.nii.gz", "-c", "liver", "-o", "out.seg.nrrd"])
+    assert (defaults.precision, defaults.encoder_backend) == ("auto", "auto")
+    chosen = build_parser().parse_args(["segment", "ct.nii.gz", "-c", "liver", "-o", "o.nii.gz", "--precision",
+                                        "fp32", "--encoder-backend", "torch"])
+    assert (chosen.precision, chosen.encoder_backend) == ("fp32", "torch")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "ct.nii.gz", "-o", "o.nii.gz", "--precision", "int8"])
+
+
+def test_openvino_telemetry_is_off_whenever_openvino_is_used():
+    """OpenVINO's converter would send usage events by default; the project never sends data anywhere.
+
+    `openvino` is imported first on purpose: telemetry must stay off even when something else imported it."""
+    pytest.importorskip("openvino")
+    from automedsam.acceleration import import_openvino
+
+    import_openvino()
+    import openvino.tools.ovc as ovc
+
+    assert ovc.telemetry.consent is False
