@@ -14,9 +14,9 @@ by (path, size, mtime) so repeated checks are cheap. Downloads use only plain HT
 `urllib`), resume an interrupted `.part` file with a `Range` request, and are moved into place atomically
 after verification. Nothing else is ever sent anywhere.
 
-Until the project's own class checkpoint (`automedsam_default`, base `litemedsam`, bundled in
-`Resources/Models/`) is trained and added to `models.json`, the default entry is the plain `litemedsam` base
-model, which runs box prompts only (`classes` is empty).
+The default entry is the project's own class checkpoint `automedsam_default` (base `litemedsam`, bundled in
+`Resources/Models/`, trained with `Training/configs/default.toml`; see docs/model-card.md); the plain `litemedsam`
+base model runs box prompts only (`classes` is empty).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_models_list_and_verify(capsys):
 
 @pytest.mark.parametrize("argv,expected", [
     (["-c", "livr"], "did you mean 'liver'"),
-    (["-c", "liver"], "not trained for"),
+    (["-c", "brain"], "not trained for"),
     (["--box", "1,2,3"], "six comma-separated numbers"),
     (["--box", "900,900,900,990,990,990", "-c", "x"], "RAS"),
 ])

@@ -65,8 +65,14 @@ def write_registry(folder: Path, entries: list[dict]) -> Path:
 
 def test_shipped_registry_is_valid_and_complete() -> None:
     models = ModelRegistry.load()
-    assert [e.id for e in models.entries()] == ["litemedsam", "medsam_vit_b"]
-    assert models.default().id == "litemedsam"
+    assert [e.id for e in models.entries()] == ["litemedsam", "automedsam_default", "medsam_vit_b"]
+    assert models.default().id == "automedsam_default"
+    default = models.default()
+    assert (default.kind, default.base, default.encoder) == ("automedsam", "litemedsam", "tinyvit")
+    assert {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "vertebrae"} <= set(default.classes)
+    assert default.files[0].bundled == "Models/automedsam_default.automedsam.pt"
+    assert default.files[0].size <= 20 * 2**20                # only what was trained is stored
+    assert [status for _, _, status in models.verify(default)] == ["ok"]   # bundled file matches its SHA-256
     lite = models.get("litemedsam")
     assert (lite.kind, lite.encoder, lite.input_size, lite.classes) == ("base", "tinyvit", 256, ())
     assert (lite.files[0].sha256, lite.files[0].size) == (LITEMEDSAM_SHA256, LITEMEDSAM_SIZE)

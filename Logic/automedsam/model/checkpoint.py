@@ -97,8 +97,11 @@ def state_dict_mismatch(error: BaseException) -> str:
 
 def _plain(value: Any, where: str) -> Any:
     """`value` as plain Python data a weights-only load accepts (numbers, strings, lists, dicts, None)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None:
         return value
+    for kind in (bool, int, float, str):   # exact types: subclasses (numpy.float64, TorchVersion) would not load
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Mapping):

@@ -136,6 +136,14 @@ class ClassPromptModule(nn.Module):
                        target_dense: torch.Tensor, generator: torch.Generator | None = None,
                        present: torch.Tensor | None = None) -> DenoisingLoss:
         """Training loss towards the box prompt embeddings `target_*` (see the variant for details)."""
+        return self.condition_loss(self.condition(embeddings, class_indices), target_sparse, target_dense,
+                                   generator, present)
+
+    def condition_loss(self, condition: Any, target_sparse: torch.Tensor, target_dense: torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       present: torch.Tensor | None = None) -> DenoisingLoss:
+        """`denoising_loss` on a condition already computed (a trainer that also samples prompts from the same
+        condition runs the shared trunk once)."""
         raise NotImplementedError
 
     def extend_classes(self, count: int) -> range:
@@ -413,10 +421,16 @@ class ClassPromptEncoder(ClassPromptModule):
         out of the sparse/dense terms and train the presence logit through a BCE term. The times t ~ U[1e-3, 1] and
         the noise are drawn per pair; the denoiser predicts x0 from sqrt(abar) x0 + sqrt(1 - abar) noise.
         """
-        condition = self.condition(embeddings, class_indices)
+        return self.condition_loss(self.condition(embeddings, class_indices), target_sparse, target_dense,
+                                   generator, present)
+
+    def condition_loss(self, condition: ClassCondition, target_sparse: torch.Tensor, target_dense: torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       present: torch.Tensor | None = None) -> DenoisingLoss:
+        """`denoising_loss` on a condition from `condition(embeddings, class_indices)` (shapes as there)."""
         b, c = condition.batch
         x0 = (target_sparse.to(condition.features) / self.config.latent_scale).reshape(b * c, 2, -1)
-        device = embeddings.device
+        device = condition.features.device
         t = _MIN_TRAIN_TIME + (1 - _MIN_TRAIN_TIME) * _random((b * c,), generator, device, normal=False)
         noise = _random(tuple(x0.shape), generator, device, normal=True).to(x0.dtype)
         keep = alpha_bar(t)[:, None, None].to(x0.dtype)

@@ -137,8 +137,15 @@ class OfficialClassPromptEncoder(ClassPromptModule):
 
         Shapes as `ClassPromptEncoder.denoising_loss`; the noise is drawn per pair from `generator`.
         """
-        condition = self.condition(embeddings, class_indices)
+        return self.condition_loss(self.condition(embeddings, class_indices), target_sparse, target_dense,
+                                   generator, present)
+
+    def condition_loss(self, condition: OfficialCondition, target_sparse: torch.Tensor, target_dense: torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       present: torch.Tensor | None = None) -> DenoisingLoss:
+        """`denoising_loss` on a condition from `condition(embeddings, class_indices)` (shapes as there)."""
         b, c = condition.batch
+        embeddings = condition.embeddings
         grid, source = self.config.grid_size, generator.device if generator is not None else embeddings.device
         noise = torch.randn((b * c, self.config.prompt_dim, grid, grid), generator=generator, device=source)
         prompts = self._run(condition, noise.to(embeddings))

@@ -1,0 +1,111 @@
+"""`automedsam-train`: import datasets, inspect them, train (or resume), evaluate, export.
+
+    automedsam-train import-nnunet Dataset001_Liver -o liver.json
+    automedsam-train import-totalseg totalsegmentator-2.18.0/tests/reference_files -o ts.json
+    automedsam-train inspect liver.json
+    automedsam-train train config.toml --set optim.steps=2000 --set run.output=runs/liver [--resume]
+    torchrun --nproc_per_node=4 -m automedsam_training.cli train config.toml
+    automedsam-train evaluate runs/liver/model.automedsam.pt liver.json -o runs/liver/eval [--slices validation]
+    automedsam-train export runs/liver -o liver.automedsam.pt
+
+Exit codes as `automedsam`: 0 success, 2 user error (one `error: ...` line), 1 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from automedsam.errors import AutoMedSAMError, InputError
+
+from . import __version__
+
+
+def _add_import_parsers(commands: argparse._SubParsersAction) -> None:
+    nnunet = commands.add_parser("import-nnunet", help="write a dataset spec for an nnU-Net / MSD dataset folder")
+    nnunet.add_argument("folder", type=Path)
+    nnunet.add_argument("-o", "--output", type=Path, required=True, help="spec file to write (.json)")
+    nnunet.add_argument("--modality", choices=["CT", "MR"], default=None, help="override dataset.json's channel 0")
+    nnunet.add_argument("--rename", action="append", default=[], metavar="NAME=CLASS",
+                        help="map a dataset label name to a catalog class (repeatable)")
+    nnunet.add_argument("--ignore", action="append", default=[], metavar="NAME", help="treat a label as background")
+    nnunet.add_argument("--merge-vertebrae", action="store_true", help="all vertebra labels -> class 'vertebrae'")
+    totalseg = commands.add_parser("import-totalseg",
+                                   help="write a dataset spec for TotalSegmentator's reference files")
+    totalseg.add_argument("folder", type=Path, help="tests/reference_files of the totalsegmentator sdist")
+    totalseg.add_argument("-o", "--output", type=Path, required=True)
+    totalseg.add_argument("--separate-vertebrae", action="store_true",
+                          help="keep one class per vertebra instead of the single class 'vertebrae'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="automedsam-train", description="Train AutoMedSAM class prompt encoders.")
+    parser.add_argument("--version", action="version", version=f"automedsam-train {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_import_parsers(commands)
+    inspect = commands.add_parser("inspect", help="per case and class: voxels, slices, volume (checks alignment)")
+    inspect.add_argument("spec", type=Path)
+    train = commands.add_parser("train", help="train (or --resume) from a TOML configuration")
+    train.add_argument("config", type=Path)
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a setting, e.g. --set optim.lr=3e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in run.output from its state.pt")
+    evaluate = commands.add_parser("evaluate", help="Dice/NSD per class and case, class prompts vs boxes")
+    evaluate.add_argument("model", type=Path, help="an *.automedsam.pt")
+    evaluate.add_argument("spec", type=Path)
+    evaluate.add_argument("-o", "--output", type=Path, required=True, help="folder for the CSV, Markdown and PNG")
+    evaluate.add_argument("--cases", nargs="*", default=None, help="case ids (default: all)")
+    evaluate.add_argument("--slices", choices=["all", "validation"], default="all",
+                          help="whole volumes, or the validation slice ranges recorded in the model")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    evaluate.add_argument("--title", default="AutoMedSAM evaluation")
+    export = commands.add_parser("export", help="write a run's trained model (from its state.pt) as *.automedsam.pt")
+    export.add_argument("run", type=Path, help="run folder holding state.pt")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `automedsam-train` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from . import commands
+
+    handlers = {"import-nnunet": commands.run_import_nnunet, "import-totalseg": commands.run_import_totalseg,
+                "inspect": commands.run_inspect, "train": commands.run_train, "evaluate": commands.run_evaluate,
+                "export": commands.run_export}
+    try:
+        handlers[args.command](args)
+    except AutoMedSAMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; the last checkpoint (if any) is in the run folder: resume with --resume",
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns internal errors into exit code 1
+        if args.debug:
+            raise
+        print(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_pairs(items: Sequence[str]) -> dict[str, str]:
+    """`["a=b", ...]` -> {"a": "b"}; `InputError` for an item without '='."""
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{item!r} must look like NAME=CLASS")
+        pairs[name] = value
+    return pairs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Importers that write a dataset spec for common layouts.
+
+- `import_nnunet_folder`: an nnU-Net v2 raw dataset (`dataset.json` with `channel_names`, `labels` name -> value,
+  `file_ending`; `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`) or a Medical Segmentation Decathlon /
+  nnU-Net v1 folder (`dataset.json` with `modality`, `labels` value -> name and a `training` list).
+- `import_totalsegmentator_reference`: TotalSegmentator's `tests/reference_files/` (the three cases this project's
+  default model is trained on), with TotalSegmentator's label values for its `total` (CT) and `total_mr` (MR) tasks
+  as recorded in the class catalog.
+
+Label names are matched to catalog classes by key, display name or synonym (`automedsam classes`); `rename` maps a
+dataset's own names to catalog names, `ignore` makes labels background. `merge_vertebrae` maps every individual
+vertebra label (vertebrae_C1 ... vertebrae_S1) to the one class `vertebrae`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from automedsam.catalog import default_catalog
+from automedsam.errors import InputError
+
+from .spec import CaseSpec, DatasetSpec, LabelMap
+
+VERTEBRA_PREFIX = "vertebrae_"
+MERGED_VERTEBRAE = "vertebrae"
+_MR_CHANNEL_NAMES = ("mr", "mri", "t1", "t2", "t1w", "t2w", "flair", "adc", "dwi", "pd")
+TOTALSEG_CASES = (  # (case id, image, label, TotalSegmentator task, modality)
+    ("ct_sm", "example_ct_sm.nii.gz", "example_seg.nii.gz", "total", "CT"),
+    ("ct_dicom", "example_ct_dicom", "example_seg_dicom.nii.gz", "total", "CT"),
+    ("mr_sm", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr", "MR"),
+)
+
+
+def merge_vertebra_labels(label_map: LabelMap) -> LabelMap:
+    """The map with every `vertebrae_*` class replaced by the single class `vertebrae`."""
+    return {value: MERGED_VERTEBRAE if key and key.startswith(VERTEBRA_PREFIX) else key
+            for value, key in label_map.items()}
+
+
+def totalsegmentator_label_map(task: str, merge_vertebrae: bool = False) -> LabelMap:
+    """TotalSegmentator's label value -> catalog key for `task` ("total" or "total_mr"), from the catalog."""
+    catalog = default_catalog()
+    attribute = {"total": "ts_total", "total_mr": "ts_total_mr"}.get(task)
+    if attribute is None:
+        raise InputError(f"unknown TotalSegmentator task {task!r}; use 'total' (CT) or 'total_mr' (MR)")
+    label_map: LabelMap = {getattr(o, attribute): o.key for o in catalog if getattr(o, attribute) is not None}
+    return merge_vertebra_labels(label_map) if merge_vertebrae else label_map
+
+
+def import_totalsegmentator_reference(folder: Path | str, merge_vertebrae: bool = True) -> DatasetSpec:
+    """Spec for TotalSegmentator's reference files: example_ct_sm, example_ct_dicom (DICOM) and example_mr_sm.
+
+    Each case is a different patient. The labels are TotalSegmentator outputs, not manual ground truth.
+    """
+    folder = Path(folder).expanduser()
+    missing = [name for _, image, label, _, _ in TOTALSEG_CASES for name in (image, label)
+               if not (folder / name).exists()]
+    if missing:
+        raise InputError(f"{folder} is not TotalSegmentator's tests/reference_files folder: {', '.join(missing)} "
+                         "missing (get it with `python Testing/reference_data.py`, which runs `pip download "
+                         "--no-binary :all: totalsegmentator==2.18.0` and unpacks it)")
+    cases = tuple(CaseSpec(id=case_id, image=folder / image, label=folder / label, modality=modality,
+                           patient=case_id, label_map=totalsegmentator_label_map(task, merge_vertebrae))
+                  for case_id, image, label, task, modality in TOTALSEG_CASES)
+    source = ("TotalSegmentator 2.18.0 sdist tests/reference_files (Apache-2.0); labels are TotalSegmentator "
+              "outputs (tasks total / total_mr), not manual ground truth")
+    return DatasetSpec(name="totalsegmentator-reference", cases=cases, source=source, root=folder)
+
+
+def import_nnunet_folder(folder: Path | str, modality: str | None = None, rename: Mapping[str, str] | None = None,
+                         ignore: Sequence[str] = (), merge_vertebrae: bool = False) -> DatasetSpec:
+    """Spec for an nnU-Net (v1/v2) or MSD raw dataset folder with `dataset.json`, `imagesTr/` and `labelsTr/`."""
+    folder = Path(folder).expanduser()
+    manifest_path = folder / "dataset.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{folder} has no dataset.json; an nnU-Net/MSD dataset folder holds dataset.json, "
+                         "imagesTr/ and labelsTr/")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{manifest_path} is not valid JSON: {error}") from error
+    modality = modality or _manifest_modality(manifest, manifest_path)
+    label_map = _manifest_label_map(manifest, manifest_path, dict(rename or {}), set(ignore))
+    if merge_vertebrae:
+        label_map = merge_vertebra_labels(label_map)
+    pairs = _training_pairs(folder, manifest)
+    if not pairs:
+        raise InputError(f"{folder}: no image/label pairs found in imagesTr/ and labelsTr/")
+    cases = tuple(CaseSpec(id=case_id, image=image, label=label, modality=modality, patient=case_id,
+                           label_map=label_map) for case_id, image, label in pairs)
+    source = f"nnU-Net/MSD dataset {manifest.get('name', folder.name)!r} in {folder}"
+    return DatasetSpec(name=str(manifest.get("name", folder.name)), cases=cases, source=source, root=folder)
+
+
+def _manifest_modality(manifest: Mapping[str, Any], where: Path) -> str:
+    channels = manifest.get("channel_names") or manifest.get("modality") or {}
+    if not isinstance(channels, Mapping) or not channels:
+        raise InputError(f"{where} names no channel (channel_names / modality); pass the modality (CT or MR)")
+    first = str(channels.get("0", next(iter(channels.values())))).strip()
+    if len(channels) > 1:
+        raise InputError(f"{where} has {len(channels)} channels ({dict(channels)}); AutoMedSAM trains on one "
+                         "CT or MR channel: keep only channel 0 in a copy of the dataset")
+    if first.upper() == "CT":
+        return "CT"
+    if first.lower() in _MR_CHANNEL_NAMES or first.upper().startswith("MR"):
+        return "MR"
+    raise InputError(f"{where}: channel 0 is {first!r}, which is neither CT nor MR; pass the modality explicitly")
+
+
+def _manifest_label_map(manifest: Mapping[str, Any], where: Path, rename: dict[str, str],
+                        ignore: set[str]) -> LabelMap:
+    labels = manifest.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        raise InputError(f"{where} has no 'labels'")
+    pairs: list[tuple[int, str]] = []
+    for key, value in labels.items():
+        name, number = (str(key), value) if not str(key).isdigit() else (str(value), key)
+        if isinstance(number, list):
+            raise InputError(f"{where}: label {name!r} is a region ({number}); region-based labels are not "
+                             "supported, give one value per class")
+        if int(number) != 0:
+            pairs.append((int(number), name))
+    catalog = default_catalog()
+    label_map: LabelMap = {}
+    unknown = []
+    for number, name in pairs:
+        if name in ignore:
+            label_map[number] = None
+        elif rename.get(name, name) in catalog:
+            label_map[number] = catalog.get(rename.get(name, name)).key
+        else:
+            unknown.append(name)
+    if unknown:
+        raise InputError(f"{where}: labels {unknown} are not catalog classes; map each to a catalog class with "
+                         "--rename NAME=CLASS or make it background with --ignore NAME (`automedsam classes`)")
+    return label_map
+
+
+def _training_pairs(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[str, Path, Path]]:
+    """(case id, image, label) from the manifest's `training` list (MSD / v1) or by listing labelsTr (v2)."""
+    training = manifest.get("training")
+    if isinstance(training, list) and training:
+        pairs = []
+        for item in training:
+            image, label = folder / str(item["image"]), folder / str(item["label"])
+            image = image if image.exists() else _channel_file(image)
+            pairs.append((_case_name(label), image, label))
+        return pairs
+    ending = str(manifest.get("file_ending", ".nii.gz"))
+    pairs = []
+    for label in sorted((folder / "labelsTr").glob(f"*{ending}")):
+        case_id = label.name[: -len(ending)]
+        image = folder / "imagesTr" / f"{case_id}_0000{ending}"
+        if not image.exists():
+            raise InputError(f"{label} has no image {image.name} in imagesTr/ (nnU-Net names it <case>_0000{ending})")
+        pairs.append((case_id, image, label))
+    return pairs
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _channel_file(image: Path) -> Path:
+    """nnU-Net v1 lists `imagesTr/x.nii.gz` but stores `imagesTr/x_0000.nii.gz`."""
+    name = _case_name(image)
+    candidate = image.with_name(f"{name}_0000{image.name[len(name):]}")
+    if not candidate.exists():
+        raise InputError(f"image {image} (or {candidate.name}) does not exist")
+    return candidate
