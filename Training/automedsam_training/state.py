@@ -9,18 +9,15 @@ name in the same folder, synced and renamed; on a full disk the previous state s
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from automedsam.errors import InputError, OutputError
+from automedsam.errors import InputError
+from automedsam.model.checkpoint import atomic_torch_save
 
 STATE_FILE = "state.pt"
 STATE_KIND = "automedsam-training-state"
@@ -53,28 +50,8 @@ def save_state(path: Path, state: dict[str, Any]) -> Path:
     """Write a training state atomically; `OutputError` (and the previous file untouched) on failure."""
     path = Path(path)
     payload = {"kind": STATE_KIND, "version": STATE_VERSION, **state}
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as error:
-        raise OutputError(f"cannot write the training state {path}: {error.strerror or error}") from error
-    written = False
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        written = True
-    except (OSError, RuntimeError) as error:
-        full = isinstance(error, OSError) and error.errno == errno.ENOSPC
-        reason = "the disk is full" if full else (getattr(error, "strerror", None) or str(error).splitlines()[0])
-        raise OutputError(f"cannot write the training state {path}: {reason}; the previous state was kept "
-                          "(free some disk space and resume)") from error
-    finally:
-        if not written:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-    return path
+    return atomic_torch_save(payload, Path(path), "training state",
+                             "the previous state was kept (free some disk space and resume)")
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -151,12 +151,18 @@ def save_checkpoint(path: Path | str, model: AutoMedSAM, training: Mapping[str, 
     `training`/`metrics` are plain metadata (numbers, strings, lists, dicts). Raises `OutputError` when the file
     cannot be written (missing folder, no permission, disk full); an existing file at `path` is then left unchanged.
     """
-    path = Path(path)
     payload = checkpoint_payload(model, training, metrics)
+    return atomic_torch_save(payload, Path(path), "checkpoint",
+                             "nothing was written (free some disk space or choose another folder)")
+
+
+def atomic_torch_save(payload: Any, path: Path, what: str, advice: str) -> Path:
+    """`torch.save` to a temp file beside `path`, fsync, then rename: a failure (disk full, no permission) raises
+    `OutputError` naming `what` and ending with `advice`, and leaves any previous file at `path` unchanged."""
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as error:
-        raise OutputError(f"cannot write the checkpoint {path}: {_os_reason(error)}; choose a folder that exists "
+        raise OutputError(f"cannot write the {what} {path}: {_os_reason(error)}; choose a folder that exists "
                           "and is writable") from error
     written = False
     try:
@@ -167,8 +173,7 @@ def save_checkpoint(path: Path | str, model: AutoMedSAM, training: Mapping[str, 
         os.replace(temporary, path)
         written = True
     except (OSError, RuntimeError) as error:
-        raise OutputError(f"cannot write the checkpoint {path}: {_os_reason(error)}; nothing was written (free "
-                          "some disk space or choose another folder)") from error
+        raise OutputError(f"cannot write the {what} {path}: {_os_reason(error)}; {advice}") from error
     finally:
         if not written:
             with contextlib.suppress(OSError):
