@@ -16,13 +16,14 @@ import numpy as np
 import slicer
 from scipy import ndimage
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import reference, vtkStringArray
+from vtkmodules.vtkCommonCore import vtkStringArray
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from .errors import InputError, OutputError
 from .io import CLASS_KEY_TAG, guess_modality
 from .result import LabelVolume, Segment
+from .slicer_request import tagged_segments
 from .volume import MODALITIES, Volume
 
 _LOGIC = slicer.vtkSlicerSegmentationsModuleLogic
@@ -118,7 +119,7 @@ def apply_result(result: LabelVolume, segmentation_node, reference_volume_node,
     """
     _check_target(result, segmentation_node, reference_volume_node)
     register_segmentation_converters()
-    existing = class_segment_ids(segmentation_node)
+    existing = tagged_segments(segmentation_node)
     ids = _segment_ids_for(result.segments, existing, segmentation_node)
     emptied = {key: existing[key] for key in (replace_keys or ()) if key in existing and key not in ids}
     snapshot = slicer.vtkSegmentation()
@@ -139,24 +140,6 @@ def apply_result(result: LabelVolume, segmentation_node, reference_volume_node,
     finally:
         segmentation_node.EndModify(was_modifying)
     return {**ids, **emptied}
-
-
-def class_segment_ids(segmentation_node) -> dict[str, str]:
-    """Class key -> segment ID of the segments this package made (tag `AutoMedSAM.ClassKey`), first one wins."""
-    segmentation = segmentation_node.GetSegmentation()
-    found: dict[str, str] = {}
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment_id = segmentation.GetNthSegmentID(index)
-        key = _tag(segmentation.GetSegment(segment_id), CLASS_KEY_TAG)
-        if key and key not in found:
-            found[key] = segment_id
-    return found
-
-
-def _tag(segment, name: str) -> str | None:
-    """Value of a segment tag, None when absent or empty."""
-    value = reference("")
-    return str(value) or None if segment.GetTag(name, value) else None
 
 
 def _segment_ids_for(segments: tuple[Segment, ...], existing: dict[str, str], segmentation_node) -> dict[str, str]:
