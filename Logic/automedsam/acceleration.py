@@ -1,12 +1,15 @@
-"""How the image encoder runs: numeric precision (fp32 / bf16 / fp16) and backend (PyTorch eager or OpenVINO).
+"""How the model runs: numeric precision (fp32 / bf16 / fp16) and backend (PyTorch eager or OpenVINO).
 
 Why (measured, docs/benchmarks.md): on a CPU, PyTorch eager runs the TinyViT encoder memory-bound (GELU, adds and
 layout copies on 256 x 256 x 256 activations dominate), far from the cores' peak. OpenVINO fuses those into its
-kernels and, on CPUs with AMX-BF16 / avx512_bf16, computes in bfloat16 on the matrix units. The OpenVINO model is
-converted from OUR encoder module (`torch.export` -> `openvino.convert_model`, batch size dynamic) and its IR is
-cached on disk under `<AUTOMEDSAM_HOME>/openvino/`, keyed by the encoder's weights and the library versions, so the
-conversion (~10-40 s) is paid once per machine. Mask decoding stays in PyTorch fp32 on the CPU (bf16 autocast made
-it slower there). On GPUs the encoder runs in PyTorch under autocast (bf16 where supported, else fp16).
+kernels and, on CPUs with AMX-BF16 / avx512_bf16, computes in bfloat16 on the matrix units. The OpenVINO models are
+converted from OUR modules (`torch.export` -> `openvino.convert_model`, batch size dynamic): the image encoder and,
+on the same plan, SAM's mask decoder (fp32: 1.6x faster than PyTorch, same masks; bf16 on CPUs with native bf16:
+2.6x, masks at Dice >= 0.997 of fp32's, unlike bf16 embeddings, which moved class masks more). Their IR is cached
+on disk under `<AUTOMEDSAM_HOME>/openvino/`, keyed by the weights, the export revision and the library versions, so
+a conversion (~10-40 s) is paid once per machine. The class prompt encoder stays in PyTorch fp32 (bf16 autocast made
+the CPU decoding slower). On GPUs everything runs in PyTorch, the encoder under autocast (bf16 where supported,
+else fp16).
 
 OpenVINO is optional (`pip install automedsam[cpu]`): without it the CPU path is PyTorch eager.
 """
@@ -34,19 +37,29 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "openvino")
 Encode = Callable[[torch.Tensor], torch.Tensor]
+# (N, 256, 64, 64) embeddings, (N, 2, 256) sparse and (N, 256, 64, 64) dense prompts -> (N, 1, 256, 256) logits
+PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class EncoderPlan:
-    """What a run will use: `backend` ("torch" | "openvino") and `precision` ("fp32" | "bf16" | "fp16")."""
+    """What a run will use: the encoder's `backend` ("torch" | "openvino") and `precision` ("fp32" | "bf16" |
+    "fp16"), and the precision of the OpenVINO mask decoder (`decoder_precision`, used with that backend only)."""
 
     backend: str
     precision: str
+    decoder_precision: str = "fp32"
 
     @property
     def label(self) -> str:
-        """Short text for logs, cache keys and the benchmark, e.g. "openvino-bf16"."""
+        """The encoder path, e.g. "openvino-bf16" (logs, the benchmark, embedding cache keys)."""
         return f"{self.backend}-{self.precision}"
+
+    @property
+    def description(self) -> str:
+        """Encoder and decoder paths for logs, e.g. "openvino-fp32, decoder bf16"."""
+        decoder = self.decoder_precision if self.backend == "openvino" else "fp32 (PyTorch)"
+        return f"{self.label}, decoder {decoder}"
 
 
 def openvino_available() -> bool:
@@ -116,12 +129,14 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
 
     auto precision: GPU -> bf16 (fp16 where bf16 is unsupported), the design's AMP; CPU and Apple MPS -> fp32, because
     bf16 embeddings moved class-prompt masks below Dice 0.99 (aorta 0.987) on the sample. auto backend: OpenVINO on
-    the CPU when it is installed and the model has our TinyViT encoder (fp32 there is exact and faster than eager).
+    the CPU when it is installed and the model has our TinyViT encoder (fp32 there is exact and faster than eager);
+    its mask decoder then runs in bf16 where the CPU has native bf16 and fp32 was not asked for explicitly.
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if backend not in BACKENDS:
         raise InputError(f"unknown encoder backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    requested = precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -136,7 +151,18 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
         backend = "openvino" if device.type == "cpu" and convertible and openvino_available() else "torch"
     if backend == "openvino" and precision == "fp16":
         precision = "fp32"  # fp16 is not a CPU compute type; fp32 keeps the result exact
-    return EncoderPlan(backend, precision)
+    return EncoderPlan(backend, precision, _decoder_precision(requested, backend))
+
+
+def _decoder_precision(requested: str, backend: str) -> str:
+    """The OpenVINO decoder's precision: bf16 where the CPU computes it natively, unless fp32 was asked for.
+
+    bf16 decoding kept every class's masks at Dice >= 0.997 vs fp32 (bf16 *embeddings* did not: aorta 0.985), and it
+    is 1.5x faster; emulated bf16 (no avx512_bf16 / AMX) would be slower than fp32.
+    """
+    if backend != "openvino" or requested == "fp32":
+        return "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def _has_tinyvit_encoder(model: Any) -> bool:
@@ -161,108 +187,185 @@ def make_encode(model: Any, device: torch.device, plan: EncoderPlan) -> Encode:
     return openvino_encoder(model.image_encoder, model.image_size, plan.precision)
 
 
+def make_decode(model: Any, device: torch.device, plan: EncoderPlan) -> PairDecode | None:
+    """The mask decoder for (embedding, prompt) pairs as `plan` says: OpenVINO when the encoder runs there (fp32:
+    1.6x faster than PyTorch, same masks; bf16: 2.6x), else None (the model's own PyTorch decoder)."""
+    if plan.backend != "openvino" or device.type != "cpu" or not _has_paired_decoder(model):
+        return None
+    return openvino_decoder(model, plan.decoder_precision)
+
+
+def _has_paired_decoder(model: Any) -> bool:
+    from .model.lite_medsam import PairedMaskDecoder
+
+    return isinstance(getattr(model, "mask_decoder", None), PairedMaskDecoder)
+
+
 def _encode_bf16_cpu(model: Any, images: torch.Tensor) -> torch.Tensor:
     """PyTorch CPU bf16 encoding (no OpenVINO): autocast on the encoder only, channels_last input for oneDNN."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         return model.encode(images.contiguous(memory_format=torch.channels_last)).float()
 
 
-class OpenVINOEncoder:
-    """Our encoder compiled by OpenVINO for the CPU; called like `model.encode` (returns fp32 CPU tensors)."""
+class OpenVINOModel:
+    """A module compiled by OpenVINO for the CPU, called with tensors; gives its first output as an fp32 CPU tensor."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self._lock = threading.Lock()
+
+    def run(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Inputs (all with the same leading batch size) -> the first output."""
+        arrays = tuple(np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()) for x in inputs)
+        with self._lock:  # one compiled model, one inference at a time
+            output = self._compiled(arrays)[0]
+        return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
+
+
+class OpenVINOEncoder(OpenVINOModel):
+    """Our image encoder compiled by OpenVINO; called like `model.encode`."""
 
     def __init__(self, compiled: Any, image_size: int) -> None:
-        self._compiled = compiled
+        super().__init__(compiled)
         self.image_size = image_size
-        self._lock = threading.Lock()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float images in [0, 1] -> (B, 256, 64, 64) fp32 embeddings."""
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
             raise InputError(f"model input must be (B, 3, {self.image_size}, {self.image_size}) images, "
                              f"got {tuple(images.shape)}")
-        array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        with self._lock:  # one compiled model, one inference at a time
-            output = self._compiled(array)[0]
-        return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
+        return self.run(images)
 
 
-_COMPILED: dict[tuple[str, str, int], OpenVINOEncoder] = {}
+class OpenVINODecoder(OpenVINOModel):
+    """The SAM mask decoder compiled by OpenVINO; called like `PairDecoder` (one prompt per image embedding)."""
+
+    def __call__(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits on the input's device."""
+        if not embeddings.shape[0] == sparse.shape[0] == dense.shape[0]:
+            raise InputError(f"one prompt per image embedding is needed, got {embeddings.shape[0]} embeddings, "
+                             f"{sparse.shape[0]} sparse and {dense.shape[0]} dense prompts")
+        return self.run(embeddings, sparse, dense).to(embeddings.device)
+
+
+class PairDecoder(nn.Module):
+    """LiteMedSAM's mask decoder on N (image embedding, prompt) pairs as one module: what OpenVINO converts, and
+    the PyTorch reference of `OpenVINODecoder`. The positional encoding is a constant of the model."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.mask_decoder = model.mask_decoder
+        self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone())
+
+    def forward(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> single-mask logits (N, 1, 256, 256)."""
+        logits, _ = self.mask_decoder(image_embeddings=embeddings, image_pe=self.image_pe,
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                      multimask_output=False)
+        return logits
+
+
+_COMPILED: dict[tuple[str, str, int], OpenVINOModel] = {}
 _COMPILED_LOCK = threading.Lock()
+# Part of every converted model's name: bump it when a module's code changes in a way that changes its graph
+# (2: TinyViT window attention as one scaled_dot_product_attention op).
+EXPORT_REVISION = 2
 
 
 def openvino_encoder(encoder: nn.Module, image_size: int, precision: str,
                      cache_root: Path | None = None, threads: int | None = None) -> OpenVINOEncoder:
     """The OpenVINO-compiled `encoder` (in memory per weights/precision/threads; IR on disk per weights)."""
+    examples = (torch.rand(2, 3, image_size, image_size),)
+    compiled = _compiled("tinyvit", encoder, examples, precision, cache_root, threads,
+                         lambda c: OpenVINOEncoder(c, image_size))
+    return compiled  # type: ignore[return-value]
+
+
+def openvino_decoder(model: Any, precision: str = "fp32", cache_root: Path | None = None,
+                     threads: int | None = None) -> OpenVINODecoder:
+    """LiteMedSAM's mask decoder (`PairDecoder`) compiled by OpenVINO, cached like the encoder."""
+    grid = model.prompt_encoder.image_embedding_size
+    examples = (torch.rand(2, 256, *grid), torch.rand(2, 2, 256), torch.rand(2, 256, *grid))
+    compiled = _compiled("sam-decoder", PairDecoder(model), examples, precision, cache_root, threads, OpenVINODecoder)
+    return compiled  # type: ignore[return-value]
+
+
+def _compiled(name: str, module: nn.Module, examples: tuple[torch.Tensor, ...], precision: str,
+              cache_root: Path | None, threads: int | None, wrap: Callable[[Any], OpenVINOModel]) -> OpenVINOModel:
+    """`module` compiled for the CPU: converted once per machine (IR cached on disk), compiled once per process."""
     ov = import_openvino()
 
     threads = threads or torch.get_num_threads()
-    digest = encoder_digest(encoder, image_size)
-    key = (digest, precision, threads)
+    digest = module_digest(module, examples)
+    key = (f"{name}-{digest}", precision, threads)
     with _COMPILED_LOCK:
         if key not in _COMPILED:
-            ir = _cached_ir(encoder, image_size, digest, cache_root)
+            ir = _cached_ir(name, module, examples, digest, cache_root)
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                       "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            compiled = ov.Core().compile_model(ov.Core().read_model(str(ir)), "CPU", config)
-            _COMPILED[key] = OpenVINOEncoder(compiled, image_size)
+            _COMPILED[key] = wrap(ov.Core().compile_model(ov.Core().read_model(str(ir)), "CPU", config))
         return _COMPILED[key]
 
 
-def encoder_digest(encoder: nn.Module, image_size: int) -> str:
-    """Hash of the encoder's weights, input size and the torch/OpenVINO versions (names the cached IR)."""
+def module_digest(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> str:
+    """Hash of the module's type, weights and buffers, input shapes, export revision and torch/OpenVINO versions
+    (names the cached IR, so changed weights or code never reuse an old conversion)."""
     ov = import_openvino()
 
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{type(encoder).__name__}|{image_size}|{torch.__version__}|{ov.__version__}".encode())
-    for name, tensor in encoder.state_dict().items():
+    shapes = [tuple(x.shape[1:]) for x in examples]
+    digest.update(f"{type(module).__name__}|{shapes}|{EXPORT_REVISION}|{torch.__version__}|{ov.__version__}".encode())
+    for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
 def openvino_cache_dir(cache_root: Path | None = None) -> Path:
-    """Where converted encoders are kept: `<AUTOMEDSAM_HOME or ~/.cache/automedsam>/openvino`."""
+    """Where converted models are kept: `<AUTOMEDSAM_HOME or ~/.cache/automedsam>/openvino`."""
     from .registry import cache_dir
 
     return (cache_root or cache_dir()) / "openvino"
 
 
-def _cached_ir(encoder: nn.Module, image_size: int, digest: str, cache_root: Path | None) -> Path:
-    """The IR file of `encoder`, converted and written atomically on first use."""
+def _cached_ir(name: str, module: nn.Module, examples: tuple[torch.Tensor, ...], digest: str,
+               cache_root: Path | None) -> Path:
+    """The IR file of `module`, converted and written atomically on first use."""
     ov = import_openvino()
 
     folder = openvino_cache_dir(cache_root)
-    xml = folder / f"tinyvit-{digest}.xml"
+    xml = folder / f"{name}-{digest}.xml"
     if xml.exists() and xml.with_suffix(".bin").exists():
         return xml
-    logger.info("converting the image encoder for OpenVINO (once per machine; about half a minute)")
-    model = convert_encoder(encoder, image_size)
+    logger.info("converting the %s for OpenVINO (once per machine; up to half a minute)", name)
+    model = convert_module(module, examples)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tinyvit-{digest}.{os.getpid()}.xml"
+        tmp = folder / f".{name}-{digest}.{os.getpid()}.xml"
         ov.save_model(model, str(tmp), compress_to_fp16=False)
         tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
         tmp.replace(xml)
     except OSError as error:
-        raise ModelError(f"cannot write the converted encoder to {folder} ({error.strerror or error}); set "
+        raise ModelError(f"cannot write the converted {name} to {folder} ({error.strerror or error}); set "
                          "AUTOMEDSAM_HOME to a writable folder") from error
     return xml
 
 
-def convert_encoder(encoder: nn.Module, image_size: int) -> Any:
-    """`openvino.Model` of our encoder in eval mode with a dynamic batch size, via `torch.export` (on the CPU)."""
+def convert_module(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> Any:
+    """`openvino.Model` of `module` in eval mode via `torch.export` on the CPU; the leading (batch) axis of every
+    input is one shared dynamic size, the other axes are fixed to the examples' sizes."""
     ov = import_openvino()
 
-    was_training = encoder.training
-    device = next(encoder.parameters()).device
-    encoder.eval().to("cpu")
+    was_training = module.training
+    device = next(module.parameters()).device
+    module.eval().to("cpu")
     try:
-        example = torch.rand(2, 3, image_size, image_size)
-        batch = torch.export.Dim("batch", min=1, max=1024)
+        batch = torch.export.Dim("batch", min=1, max=4096)
         with torch.no_grad():
-            exported = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
+            exported = torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
         model = ov.convert_model(exported)
-        model.reshape([-1, 3, image_size, image_size])
+        model.reshape({port: ov.PartialShape([-1, *x.shape[1:]]) for port, x in zip(model.inputs, examples,
+                                                                                     strict=True)})
         return model
     finally:
-        encoder.to(device).train(was_training)
+        module.to(device).train(was_training)

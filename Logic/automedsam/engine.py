@@ -1,10 +1,10 @@
 """Slice-by-slice inference: one image encoding per slice, shared by every class (or box) prompt.
 
 Data flow (DESIGN.md section 3): `Volume` -> `canonical_view` -> `normalize_volume` -> batches of slices ->
-`to_model_input` -> image encoder (or the embedding cache) -> class prompt encoder + mask decoder for all classes at
-once (or box prompts) -> `from_model_output` -> per voxel the most probable class above threshold -> post-processing
--> inverse canonical view -> `LabelVolume` on the input grid. Nothing is written anywhere: cancelling raises
-`Cancelled` and leaves no partial output.
+`to_model_input` -> image encoder (or the embedding cache) -> class prompt encoder for all classes at once -> mask
+decoder for the (slice, class) pairs whose presence passes (or box prompts) -> `from_model_output` -> per voxel the
+most probable class above threshold -> post-processing -> inverse canonical view -> `LabelVolume` on the input grid.
+Nothing is written anywhere: cancelling raises `Cancelled` and leaves no partial output.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .acceleration import EncoderPlan, autocast_dtype, make_encode, plan_encoder
+from .acceleration import EncoderPlan, PairDecode, autocast_dtype, make_decode, make_encode, plan_encoder
 from .catalog import ClassCatalog, OrganClass, default_catalog
 from .errors import AutoMedSAMError, Cancelled, InputError, ModelError
 from .postprocess import postprocess_labels
@@ -45,9 +45,11 @@ class SegmentationModel(Protocol):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
-    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0) -> Any: ...
+    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
+                        presence_threshold: float | None = None, decoder: PairDecode | None = None) -> Any: ...
 
-    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> Any: ...
+    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
+                      decoder: PairDecode | None = None) -> Any: ...
 
     def class_index(self, key: str) -> int: ...
 
@@ -93,6 +95,7 @@ class EngineOptions:
     batch_size: int | None = None
     threshold: float = 0.5
     presence_threshold: float = 0.5
+    decode_absent: bool = False  # True: decode pairs below the presence threshold too (same masks, more work)
     postprocess: bool = True
     uncertainty_samples: int = 0
     amp: bool | None = None  # legacy switch: True -> precision bf16, False -> fp32, None -> `precision` decides
@@ -223,6 +226,8 @@ class _Run:
             precision = "bf16" if self.options.amp else "fp32"
         self.plan: EncoderPlan = plan_encoder(self.device, precision, self.options.encoder_backend, self.model)
         self.encode = make_encode(self.model, self.device, self.plan)
+        self.pair_decode = make_decode(self.model, self.device, self.plan)
+        logger.info("running on %s: %s", self.device, self.plan.description)
 
     def _cache_key(self) -> str | None:
         if self.options.cache is None:
@@ -377,7 +382,9 @@ def segment(volume: Volume, classes: Sequence[str], model: SegmentationModel,
     run = _Run(volume, model, options, [o.label_value for o in organs])
 
     def decode(embeddings: torch.Tensor, batch: Sequence[int], info: Any) -> _Decoded:
-        output = model.segment_classes(embeddings, indices.to(embeddings.device), options.uncertainty_samples)
+        gate = None if options.decode_absent else options.presence_threshold
+        output = model.segment_classes(embeddings, indices.to(embeddings.device), options.uncertainty_samples,
+                                       presence_threshold=gate, decoder=run.pair_decode)
         presence = torch.sigmoid(output.presence_logits.float())
         probabilities = torch.sigmoid(from_model_output(output.logits.float(), info))
         probabilities = probabilities * (presence >= options.presence_threshold)[:, :, None, None]
@@ -413,7 +420,8 @@ def segment_boxes(volume: Volume, prompts: Sequence[BoxPrompt], model: Segmentat
             if not items:
                 continue
             boxes = np.stack([box_to_model(prompt.boxes[batch[i]], info) for i in items])
-            output = model.segment_boxes(embeddings[items], torch.tensor(boxes, device=embeddings.device).float())
+            output = model.segment_boxes(embeddings[items], torch.tensor(boxes, device=embeddings.device).float(),
+                                         decoder=run.pair_decode)
             probabilities[items, k] = torch.sigmoid(from_model_output(output.logits.float(), info)[:, 0])
         return _Decoded(probabilities)
 

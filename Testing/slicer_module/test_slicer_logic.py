@@ -385,7 +385,9 @@ def test_real_model_checkpoint_runs_through_the_module_logic(scene, sample_ct_pa
     from automedsam.model import save_checkpoint
 
     model = load_model(None)
-    model.attach_new_class_prompt_encoder(["liver", "spleen"])
+    encoder = model.attach_new_class_prompt_encoder(["liver", "spleen"])
+    with torch.no_grad():
+        encoder.presence[-1].bias.fill_(10.0)  # untrained, but "present" everywhere: every pair is decoded
     checkpoint = save_checkpoint(tmp_path / "mine.automedsam.pt", model, training={"note": "untrained, for tests"})
     volume = read_volume(sample_ct_path)
     node = add_volume_node(scene, volume, "Sample CT")

@@ -26,18 +26,31 @@ class TinyModel:
                                      num_heads=(1, 2, 2, 4), out_chans=32).eval()
 
 
-@pytest.mark.parametrize(("installed", "expected"), [(True, EncoderPlan("openvino", "fp32")),
+@pytest.mark.parametrize(("installed", "expected"), [(True, EncoderPlan("openvino", "fp32", "bf16")),
                                                       (False, EncoderPlan("torch", "fp32"))])
 def test_auto_plan_on_the_cpu_is_fp32_in_openvino_when_installed(monkeypatch, installed, expected):
     monkeypatch.setattr(acceleration, "openvino_available", lambda: installed)
+    monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
     assert plan_encoder(CPU, model=TinyModel()) == expected
     assert plan_encoder(CPU, "bf16", model=TinyModel()).precision == "bf16"
+
+
+def test_the_openvino_decoder_is_bf16_only_on_native_bf16_cpus_and_never_when_fp32_is_asked_for(monkeypatch):
+    monkeypatch.setattr(acceleration, "openvino_available", lambda: True)
+    monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: False)
+    assert plan_encoder(CPU, model=TinyModel()).decoder_precision == "fp32"
+    monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
+    assert plan_encoder(CPU, "fp32", model=TinyModel()).decoder_precision == "fp32"
+    assert plan_encoder(CPU, "bf16", model=TinyModel()).decoder_precision == "bf16"
+    fallback = plan_encoder(CPU, "auto", "torch", TinyModel())
+    assert fallback.decoder_precision == "fp32" and fallback.description == "torch-fp32, decoder fp32 (PyTorch)"
+    assert plan_encoder(CPU, model=TinyModel()).description == "openvino-fp32, decoder bf16"
 
 
 def test_models_without_our_encoder_stay_on_torch_and_fp16_becomes_fp32_in_openvino(monkeypatch):
     monkeypatch.setattr(acceleration, "openvino_available", lambda: True)
     assert plan_encoder(CPU, "fp32", model=FakeModel()).backend == "torch"
-    assert plan_encoder(CPU, "fp16", "openvino", TinyModel()) == EncoderPlan("openvino", "fp32")
+    assert plan_encoder(CPU, "fp16", "openvino", TinyModel()).label == "openvino-fp32"
     assert autocast_dtype(EncoderPlan("torch", "bf16"), CPU) is None  # CPU decoding stays fp32
 
 
@@ -94,7 +107,7 @@ def test_openvino_encoder_matches_pytorch_and_is_cached_on_disk(tmp_path, monkey
     assert len(list((tmp_path / "openvino").glob("tinyvit-*.xml"))) == 1
 
     acceleration._COMPILED.clear()
-    monkeypatch.setattr(acceleration, "convert_encoder", lambda *a: pytest.fail("converted again despite the cache"))
+    monkeypatch.setattr(acceleration, "convert_module", lambda *a: pytest.fail("converted again despite the cache"))
     bf16 = acceleration.openvino_encoder(model.image_encoder, 64, "bf16", cache_root=tmp_path)(images)
     relative = float((bf16 - expected).abs().max() / expected.abs().max())
     assert relative < 0.1
@@ -102,14 +115,19 @@ def test_openvino_encoder_matches_pytorch_and_is_cached_on_disk(tmp_path, monkey
         fp32(torch.rand(1, 3, 32, 32))
 
 
-def test_changed_weights_name_a_new_conversion():
+def test_changed_weights_sizes_or_export_code_name_a_new_conversion(monkeypatch):
     pytest.importorskip("openvino")
     model = TinyModel()
-    before = acceleration.encoder_digest(model.image_encoder, 64)
-    assert acceleration.encoder_digest(model.image_encoder, 64) == before
+    examples = (torch.rand(2, 3, 64, 64),)
+    before = acceleration.module_digest(model.image_encoder, examples)
+    assert acceleration.module_digest(model.image_encoder, (torch.rand(5, 3, 64, 64),)) == before  # batch is dynamic
+    assert acceleration.module_digest(model.image_encoder, (torch.rand(2, 3, 32, 32),)) != before
+    monkeypatch.setattr(acceleration, "EXPORT_REVISION", acceleration.EXPORT_REVISION + 1)
+    assert acceleration.module_digest(model.image_encoder, examples) != before
+    monkeypatch.undo()
     with torch.no_grad():
         model.image_encoder.neck[0].weight.add_(1.0)
-    assert acceleration.encoder_digest(model.image_encoder, 64) != before
+    assert acceleration.module_digest(model.image_encoder, examples) != before
 
 
 def test_cli_defaults_to_the_automatic_fast_path_and_accepts_overrides():
@@ -135,3 +153,37 @@ def test_openvino_telemetry_is_off_whenever_openvino_is_used():
     import openvino.tools.ovc as ovc
 
     assert ovc.telemetry.consent is False
+
+
+def test_openvino_decoder_matches_the_pytorch_decoder_for_any_number_of_pairs(tmp_path):
+    pytest.importorskip("openvino")
+    from automedsam.model import build_lite_medsam
+
+    torch.manual_seed(0)
+    model = build_lite_medsam().eval()
+    embeddings, sparse, dense = torch.randn(3, 256, 64, 64), torch.randn(3, 2, 256), torch.randn(3, 256, 64, 64)
+    with torch.inference_mode():
+        expected = model.decode(embeddings, sparse, dense)[0]
+        decoder = acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path)
+        got = decoder(embeddings, sparse, dense)
+        one = decoder(embeddings[1:2], sparse[1:2], dense[1:2])
+    scale = float(expected.abs().max())
+    assert got.shape == (3, 1, 256, 256) and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-4 * scale)
+    assert torch.allclose(one, expected[1:2], atol=1e-4 * scale)
+    assert len(list((tmp_path / "openvino").glob("sam-decoder-*.xml"))) == 1
+    with pytest.raises(InputError, match="one prompt per image"):
+        decoder(embeddings, sparse[:2], dense)
+
+
+def test_the_decoder_follows_the_encoder_plan(monkeypatch):
+    from automedsam.model import build_lite_medsam
+
+    made = []
+    monkeypatch.setattr(acceleration, "openvino_decoder", lambda model, precision: made.append(precision) or "ov")
+    model = build_lite_medsam()
+    assert acceleration.make_decode(model, CPU, EncoderPlan("openvino", "fp32", "bf16")) == "ov"
+    assert acceleration.make_decode(model, CPU, EncoderPlan("openvino", "bf16")) == "ov"
+    assert made == ["bf16", "fp32"]
+    assert acceleration.make_decode(model, CPU, EncoderPlan("torch", "fp32")) is None
+    assert acceleration.make_decode(FakeModel(), CPU, EncoderPlan("openvino", "fp32")) is None

@@ -150,8 +150,8 @@ def test_overlap_goes_to_the_more_probable_class():
     model = FakeModel()
     model.segment_classes_original = model.segment_classes
 
-    def overlapping(embeddings, class_indices, noise_samples=0):
-        output = model.segment_classes_original(embeddings, class_indices, noise_samples)
+    def overlapping(embeddings, class_indices, noise_samples=0, **gating):
+        output = model.segment_classes_original(embeddings, class_indices, noise_samples, **gating)
         body = embeddings[:, 0] > 0.2
         output.logits[:, 0] = torch.where(body, 2.0, -10.0)  # liver: everywhere in the body, weakly
         return output

@@ -122,3 +122,62 @@ def test_train_mode_keeps_the_frozen_encoder_in_eval(model: AutoMedSAM) -> None:
         assert not any(m.training for m in model.image_encoder.modules())
     finally:
         model.eval()
+
+
+class CountingDecoder:
+    """A `PairDecode` that records how many pairs it decoded and decodes with the model's own PyTorch decoder."""
+
+    def __init__(self, model: AutoMedSAM) -> None:
+        self.model = model
+        self.pairs: list[int] = []
+
+    def __call__(self, images: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        assert images.shape[0] == sparse.shape[0] == dense.shape[0]
+        self.pairs.append(images.shape[0])
+        return self.model.decode(images, sparse, dense)[0]
+
+
+@pytest.mark.parametrize("variant", ["automedsam", "official"])
+def test_presence_gating_decodes_only_present_pairs_with_the_same_logits(embeddings: torch.Tensor,
+                                                                          variant: str) -> None:
+    torch.manual_seed(0)
+    config = LIGHT if variant == "automedsam" else ClassPromptConfig(variant="official", official_timesteps=5)
+    model = AutoMedSAM.from_lite_medsam(build_lite_medsam(), base_sha256="ab" * 32)
+    model.attach_new_class_prompt_encoder(CLASSES, config)
+    model.eval()
+    indices = torch.tensor([0, 1, 2])
+    with torch.inference_mode():
+        full = model.segment_classes(embeddings, indices, noise_samples=2)
+        probabilities = torch.sigmoid(full.presence_logits)
+        threshold = float(probabilities.flatten().sort().values[2])  # 4 of the 6 pairs pass, 2 do not
+        decoder = CountingDecoder(model)
+        gated = model.segment_classes(embeddings, indices, noise_samples=2, presence_threshold=threshold,
+                                      decoder=decoder)
+    present = probabilities >= threshold
+    assert int(present.sum()) == 4
+    assert decoder.pairs == [4, 4, 4]  # the deterministic pass and two noise samples, present pairs only
+    assert torch.equal(gated.presence_logits, full.presence_logits)
+    assert torch.allclose(gated.logits[present], full.logits[present], atol=1e-3)
+    assert (torch.sigmoid(gated.logits[~present]) == 0).all()
+    # std = sqrt(E[p^2] - E[p]^2) amplifies rounding where it is ~0, hence the looser tolerance
+    assert torch.allclose(gated.probability_std[present], full.probability_std[present], atol=2e-3)
+    assert (gated.probability_std[~present] == 0).all()
+
+
+def test_a_threshold_nothing_passes_decodes_nothing(model: AutoMedSAM, embeddings: torch.Tensor) -> None:
+    decoder = CountingDecoder(model)
+    with torch.inference_mode():
+        out = model.segment_classes(embeddings, torch.tensor([0, 1]), presence_threshold=1.1, decoder=decoder)
+    assert decoder.pairs == []
+    assert out.logits.shape == (2, 2, 256, 256) and (torch.sigmoid(out.logits) == 0).all()
+
+
+def test_box_mode_takes_an_injected_decoder(model: AutoMedSAM, embeddings: torch.Tensor) -> None:
+    boxes = torch.tensor([[30.0, 40.0, 90.0, 120.0], [5.0, 5.0, 60.0, 60.0]])
+    decoder = CountingDecoder(model)
+    with torch.inference_mode():
+        own = model.segment_boxes(embeddings, boxes)
+        injected = model.segment_boxes(embeddings, boxes, decoder=decoder)
+    assert decoder.pairs == [2]
+    assert torch.allclose(injected.logits, own.logits, atol=1e-4)
+    assert torch.isnan(injected.iou).all() and injected.iou.shape == (2, 1)

@@ -8,7 +8,7 @@ engine's job. The caller runs these under `torch.inference_mode()`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,16 +19,42 @@ from torch import nn
 
 from ..errors import ModelError
 from .checkpoint import load_checkpoint, restore_class_prompt_encoder, state_dict_mismatch
-from .class_prompt import ClassPromptConfig, ClassPromptEncoder, ClassPromptModule, build_class_prompt_encoder
+from .class_prompt import (
+    ClassPromptConfig,
+    ClassPromptEncoder,
+    ClassPromptModule,
+    PromptEmbeddings,
+    build_class_prompt_encoder,
+)
 from .lite_medsam import LiteMedSAM, PairedMaskDecoder, load_lite_medsam
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {"image_size": 256, "ct_window": [40.0, 400.0], "mr_percentiles": [0.5, 99.5]}
 
 
+ABSENT_LOGIT = -1.0e4   # logit of a pair that was not decoded: sigmoid gives exactly 0
+# One image embedding per prompt: (N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits
+PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _pairs_to_decode(presence_logits: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Flat (b-major) indices of the (slice, class) pairs to decode: all, or those with presence >= threshold."""
+    flat = presence_logits.detach().flatten()
+    if threshold is None:
+        return torch.arange(flat.numel(), device=flat.device)
+    return torch.nonzero(torch.sigmoid(flat.float()) >= threshold).flatten()
+
+
+def _pair_prompts(prompts: PromptEmbeddings, pairs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, ...) prompt embeddings -> flat (N, 2, 256) sparse and (N, 256, 64, 64) dense, of `pairs` if given."""
+    sparse, dense = prompts.sparse.flatten(0, 1), prompts.dense.flatten(0, 1)
+    return (sparse, dense) if pairs is None else (sparse[pairs], dense[pairs])
+
+
 class ClassOutput(NamedTuple):
     """Class-prompt result for B slices x C classes."""
 
-    logits: torch.Tensor                    # (B, C, 256, 256) mask logits at model-input resolution
+    logits: torch.Tensor                    # (B, C, 256, 256) mask logits at model-input resolution (ABSENT_LOGIT
+                                            # where the pair was gated out by presence)
     presence_logits: torch.Tensor           # (B, C) > 0: the class is on the slice
     probability_std: torch.Tensor | None    # (B, C, 256, 256) std of sigmoid(logits) over noise samples, or None
 
@@ -109,37 +135,59 @@ class AutoMedSAM(LiteMedSAM):
                              "load a model with a class checkpoint (*.automedsam.pt) to segment by class")
         return self.class_prompt_encoder
 
-    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor,
-                        noise_samples: int = 0) -> ClassOutput:
-        """Embeddings (B, 256, 64, 64), class indices (C,) -> `ClassOutput`; the decoder runs on B*C pairs at once.
+    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
+                        presence_threshold: float | None = None, decoder: PairDecode | None = None) -> ClassOutput:
+        """Embeddings (B, 256, 64, 64), class indices (C,) -> `ClassOutput`; the decoder runs on the pairs at once.
 
-        With `noise_samples` = N > 0 the class prompt encoder also draws N seeded noise samples (its shared work is
-        reused) and `probability_std` is the per-pixel population std of their sigmoid(logits).
+        With `presence_threshold` only the (slice, class) pairs whose presence probability reaches it are sampled and
+        decoded; the others get `ABSENT_LOGIT` (probability 0) and std 0, the masks a caller that gates by presence
+        gets anyway, for a fraction of the work (most classes are absent from most slices). `decoder` replaces the
+        PyTorch mask decoder (e.g. the OpenVINO one). With `noise_samples` = N > 0 the class prompt encoder also
+        draws N seeded noise samples (its shared work is reused) and `probability_std` is the per-pixel population
+        std of their sigmoid(logits).
         """
         encoder = self._require_class_prompt_encoder()
+        b, c = embeddings.shape[0], class_indices.shape[0]
         condition = encoder.condition(embeddings, class_indices)
-        prompts = encoder.prompts(condition)
-        logits = self._decode_prompts(embeddings, prompts.sparse, prompts.dense)
+        presence = encoder.presence_before_prompts(condition)
+        full = None
+        if presence is None:  # the variant knows presence only with the prompts
+            full = encoder.prompts(condition)
+            presence = full.presence_logits
+        pairs = _pairs_to_decode(presence, presence_threshold)
+        selected = condition if len(pairs) == b * c else encoder.select(condition, pairs)
+        images = embeddings[torch.div(pairs, max(c, 1), rounding_mode="floor")]
+        prompts = _pair_prompts(full, pairs) if full is not None else _pair_prompts(encoder.prompts(selected))
+        logits = embeddings.new_full((b * c, 1, self.image_size, self.image_size), ABSENT_LOGIT)
+        logits[pairs] = self._decode_pairs(images, *prompts, decoder).to(logits.dtype)
         std = None
         if noise_samples > 0:
-            total = torch.zeros_like(logits, dtype=torch.float32)
-            squares = torch.zeros_like(total)
-            for sample in range(noise_samples):
-                noisy = encoder.prompts(condition, sample=sample)
-                probabilities = torch.sigmoid(self._decode_prompts(embeddings, noisy.sparse, noisy.dense).float())
-                total += probabilities
-                squares += probabilities * probabilities
-            mean = total / noise_samples
-            std = (squares / noise_samples - mean * mean).clamp_min(0.0).sqrt()
-        return ClassOutput(logits, prompts.presence_logits, std)
+            std = torch.zeros_like(logits, dtype=torch.float32)
+            std[pairs] = self._sample_std(encoder, selected, images, noise_samples, decoder)
+            std = std.view(b, c, *std.shape[-2:])
+        return ClassOutput(logits.view(b, c, *logits.shape[-2:]), presence, std)
 
-    def _decode_prompts(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """Embeddings (B, ...), prompts (B, C, 2, 256) and (B, C, 256, 64, 64) -> logits (B, C, 256, 256)."""
-        b, c = sparse.shape[:2]
-        if c == 0:
-            return embeddings.new_zeros((b, 0, self.image_size, self.image_size))
-        logits, _ = self.decode(embeddings, sparse.flatten(0, 1), dense.flatten(0, 1))
-        return logits.view(b, c, *logits.shape[-2:])
+    def _sample_std(self, encoder: ClassPromptModule, condition: Any, images: torch.Tensor, samples: int,
+                    decoder: PairDecode | None) -> torch.Tensor:
+        """Per-pixel population std of sigmoid(logits) over `samples` seeded noise samples of the prompts."""
+        total = squares = None
+        for sample in range(samples):
+            logits = self._decode_pairs(images, *_pair_prompts(encoder.prompts(condition, sample=sample)), decoder)
+            probabilities = torch.sigmoid(logits.float())
+            total = probabilities if total is None else total + probabilities
+            squares = probabilities * probabilities if squares is None else squares + probabilities * probabilities
+        mean = total / samples
+        return (squares / samples - mean * mean).clamp_min(0.0).sqrt()
+
+    def _decode_pairs(self, images: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                      decoder: PairDecode | None) -> torch.Tensor:
+        """One image embedding per prompt, (N, ...) each -> logits (N, 1, 256, 256), by `decoder` or PyTorch's."""
+        if images.shape[0] == 0:
+            return images.new_zeros((0, 1, self.image_size, self.image_size))
+        if decoder is not None:
+            return decoder(images, sparse, dense)
+        logits, _ = self.decode(images, sparse.to(images.dtype), dense.to(images.dtype))
+        return logits
 
     def train(self, mode: bool = True) -> AutoMedSAM:
         """Set training mode, except for the image encoder: it is frozen and its BatchNorm must keep eval statistics."""

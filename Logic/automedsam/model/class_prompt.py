@@ -132,6 +132,16 @@ class ClassPromptModule(nn.Module):
         """Prompt embeddings from a condition: deterministic for `sample=None`, else noise sample number `sample`."""
         raise NotImplementedError
 
+    def presence_before_prompts(self, condition: Any) -> torch.Tensor | None:
+        """(B, C) presence logits when the variant knows them before sampling prompts (so absent pairs need no
+        prompts), else None."""
+        return None
+
+    def select(self, condition: Any, pairs: torch.Tensor) -> Any:
+        """The condition of only the flat (b-major) pair indices `pairs`, as a batch of (len(pairs), 1) pairs; its
+        prompts equal those of the same pairs in the full condition."""
+        raise NotImplementedError
+
     def denoising_loss(self, embeddings: torch.Tensor, class_indices: torch.Tensor, target_sparse: torch.Tensor,
                        target_dense: torch.Tensor, generator: torch.Generator | None = None,
                        present: torch.Tensor | None = None) -> DenoisingLoss:
@@ -386,12 +396,23 @@ class ClassPromptEncoder(ClassPromptModule):
         keys_values = [layer.keys_values(memory) for layer in self.denoiser.layers]
         return ClassCondition((b, c), features, class_code, keys_values, presence)
 
+    def presence_before_prompts(self, condition: ClassCondition) -> torch.Tensor:
+        """Presence comes from the class heads, before any sampling."""
+        return condition.presence_logits
+
+    def select(self, condition: ClassCondition, pairs: torch.Tensor) -> ClassCondition:
+        """Only the pairs `pairs` (flat b-major indices): every tensor of a condition is per pair already."""
+        memory = [(keys[pairs], values[pairs]) for keys, values in condition.memory]
+        return ClassCondition((len(pairs), 1), condition.features[pairs], condition.class_code[pairs], memory,
+                              condition.presence_logits.flatten()[pairs, None])
+
     def prompts(self, condition: ClassCondition, sample: int | None = None) -> PromptEmbeddings:
         """Deterministic DDIM sampling of the sparse latent, then the dense head; (B, C, ...) outputs."""
         n = condition.features.shape[0]
         start = start_noise((2, self.config.prompt_dim), sample, self.config.sample_seed)
         latent = start.to(condition.features).expand(n, -1, -1)
-        times = torch.linspace(1.0, 0.0, self.config.sampling_steps + 1).tolist()
+        steps = self.config.sampling_steps
+        times = [1.0 - i / steps for i in range(steps + 1)]  # plain floats: constants in an exported graph
         for step, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
             x0 = self.denoiser(latent, condition.features.new_full((n,), t), condition.class_code, condition.memory)
             if step + 1 < self.config.sampling_steps:

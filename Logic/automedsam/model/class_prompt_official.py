@@ -108,6 +108,12 @@ class OfficialClassPromptEncoder(ClassPromptModule):
         labels = class_indices.to(embeddings.device, torch.float32).repeat(b)
         return OfficialCondition((b, c), embeddings, labels)
 
+    def select(self, condition: OfficialCondition, pairs: torch.Tensor) -> OfficialCondition:
+        """Only the pairs `pairs` (flat b-major indices): each with its own slice's embedding."""
+        classes = condition.batch[1]
+        images = torch.div(pairs, classes, rounding_mode="floor")
+        return OfficialCondition((len(pairs), 1), condition.embeddings[images], condition.labels[pairs])
+
     def _noise_scale(self, steps: int) -> float:
         """Standard deviation of the summed forward noise of `steps` original steps t = T..T-steps+1."""
         top = self.config.official_timesteps

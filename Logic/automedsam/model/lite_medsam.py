@@ -10,6 +10,7 @@ model-input pixels (x = column). Logits come out at (256, 256), the model-input 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,11 +107,19 @@ class LiteMedSAM(nn.Module):
             raise InputError(f"boxes must be (N, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}")
         return self.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
 
-    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
-        """Embeddings (B, 256, 64, 64), one box per slice (B, 4) in model-input pixels -> `BoxOutput`."""
+    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
+                      decoder: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                      ) -> BoxOutput:
+        """Embeddings (B, 256, 64, 64), one box per slice (B, 4) in model-input pixels -> `BoxOutput`.
+
+        `decoder` (embeddings, sparse, dense) -> logits replaces the PyTorch decoder (e.g. the OpenVINO one); it
+        gives no IoU prediction, so `iou` is NaN then."""
         if boxes.shape[0] != embeddings.shape[0]:
             raise InputError(f"one box per slice is needed: {embeddings.shape[0]} slices, {boxes.shape[0]} boxes")
         sparse, dense = self.box_prompts(boxes)
+        if decoder is not None:
+            logits = decoder(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
+            return BoxOutput(logits, logits.new_full((logits.shape[0], 1), float("nan")))
         logits, iou = self.decode(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
         return BoxOutput(logits, iou)
 
