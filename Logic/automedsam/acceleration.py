@@ -4,12 +4,12 @@ Why (measured, docs/benchmarks.md): on a CPU, PyTorch eager runs the TinyViT enc
 layout copies on 256 x 256 x 256 activations dominate), far from the cores' peak. OpenVINO fuses those into its
 kernels and, on CPUs with AMX-BF16 / avx512_bf16, computes in bfloat16 on the matrix units. The OpenVINO models are
 converted from OUR modules (`torch.export` -> `openvino.convert_model`, batch size dynamic): the image encoder and,
-on the same plan, SAM's mask decoder (fp32: 1.6x faster than PyTorch, same masks; bf16 on CPUs with native bf16:
-2.6x, masks at Dice >= 0.997 of fp32's, unlike bf16 embeddings, which moved class masks more). Their IR is cached
-on disk under `<AUTOMEDSAM_HOME>/openvino/`, keyed by the weights, the export revision and the library versions, so
-a conversion (~10-40 s) is paid once per machine. The class prompt encoder stays in PyTorch fp32 (bf16 autocast made
-the CPU decoding slower). On GPUs everything runs in PyTorch, the encoder under autocast (bf16 where supported,
-else fp16).
+on the same plan, SAM's mask decoder (fp32: 1.3x faster than PyTorch, same masks; bf16 on CPUs with native bf16:
+2.2x, class masks at Dice >= 0.993 of fp32's on four real scans, where bf16 embeddings gave 0.77-0.99). Their IR is
+cached on disk under `<AUTOMEDSAM_HOME>/openvino/`, keyed by the weights, the export revision and the library
+versions, so a conversion (~10-40 s) is paid once per machine. The class prompt encoder stays in PyTorch fp32
+(OpenVINO gained 20 % there, not worth a third converted model). On GPUs everything runs in PyTorch, the encoder
+under autocast (bf16 where supported, else fp16).
 
 OpenVINO is optional (`pip install automedsam[cpu]`): without it the CPU path is PyTorch eager.
 """
@@ -128,7 +128,7 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
     """Choose backend and precision for `device`; "auto" picks the fastest path that kept the masks (see docs).
 
     auto precision: GPU -> bf16 (fp16 where bf16 is unsupported), the design's AMP; CPU and Apple MPS -> fp32, because
-    bf16 embeddings moved class-prompt masks below Dice 0.99 (aorta 0.987) on the sample. auto backend: OpenVINO on
+    bf16 embeddings moved class-prompt masks below Dice 0.99 (right kidney 0.77 on a real CT). auto backend: OpenVINO on
     the CPU when it is installed and the model has our TinyViT encoder (fp32 there is exact and faster than eager);
     its mask decoder then runs in bf16 where the CPU has native bf16 and fp32 was not asked for explicitly.
     """
@@ -157,8 +157,8 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
 def _decoder_precision(requested: str, backend: str) -> str:
     """The OpenVINO decoder's precision: bf16 where the CPU computes it natively, unless fp32 was asked for.
 
-    bf16 decoding kept every class's masks at Dice >= 0.997 vs fp32 (bf16 *embeddings* did not: aorta 0.985), and it
-    is 1.5x faster; emulated bf16 (no avx512_bf16 / AMX) would be slower than fp32.
+    bf16 decoding kept every class's masks at Dice >= 0.993 vs fp32 on four real scans (bf16 *embeddings* did not:
+    0.77 at worst), and it is 1.7x faster than fp32 there; emulated bf16 (no avx512_bf16 / AMX) would be slower.
     """
     if backend != "openvino" or requested == "fp32":
         return "fp32"
@@ -189,7 +189,7 @@ def make_encode(model: Any, device: torch.device, plan: EncoderPlan) -> Encode:
 
 def make_decode(model: Any, device: torch.device, plan: EncoderPlan) -> PairDecode | None:
     """The mask decoder for (embedding, prompt) pairs as `plan` says: OpenVINO when the encoder runs there (fp32:
-    1.6x faster than PyTorch, same masks; bf16: 2.6x), else None (the model's own PyTorch decoder)."""
+    1.3x faster than PyTorch, same masks; bf16: 2.2x), else None (the model's own PyTorch decoder)."""
     if plan.backend != "openvino" or device.type != "cpu" or not _has_paired_decoder(model):
         return None
     return openvino_decoder(model, plan.decoder_precision)
@@ -238,14 +238,16 @@ class OpenVINOEncoder(OpenVINOModel):
 
 
 class OpenVINODecoder(OpenVINOModel):
-    """The SAM mask decoder compiled by OpenVINO; called like `PairDecoder` (one prompt per image embedding)."""
+    """The SAM mask decoder compiled by OpenVINO for one pair at a time (a static shape: 1.3-1.8x faster than the
+    dynamic-batch graph, and batching pairs gave nothing on the CPU); called like `PairDecoder`."""
 
     def __call__(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits on the input's device."""
         if not embeddings.shape[0] == sparse.shape[0] == dense.shape[0]:
             raise InputError(f"one prompt per image embedding is needed, got {embeddings.shape[0]} embeddings, "
                              f"{sparse.shape[0]} sparse and {dense.shape[0]} dense prompts")
-        return self.run(embeddings, sparse, dense).to(embeddings.device)
+        pairs = [self.run(embeddings[i:i + 1], sparse[i:i + 1], dense[i:i + 1]) for i in range(embeddings.shape[0])]
+        return torch.cat(pairs).to(embeddings.device)
 
 
 class PairDecoder(nn.Module):
@@ -265,7 +267,7 @@ class PairDecoder(nn.Module):
         return logits
 
 
-_COMPILED: dict[tuple[str, str, int], OpenVINOModel] = {}
+_COMPILED: dict[tuple[str, str, int, int | None], OpenVINOModel] = {}
 _COMPILED_LOCK = threading.Lock()
 # Part of every converted model's name: bump it when a module's code changes in a way that changes its graph
 # (2: TinyViT window attention as one scaled_dot_product_attention op).
@@ -286,39 +288,60 @@ def openvino_decoder(model: Any, precision: str = "fp32", cache_root: Path | Non
     """LiteMedSAM's mask decoder (`PairDecoder`) compiled by OpenVINO, cached like the encoder."""
     grid = model.prompt_encoder.image_embedding_size
     examples = (torch.rand(2, 256, *grid), torch.rand(2, 2, 256), torch.rand(2, 256, *grid))
-    compiled = _compiled("sam-decoder", PairDecoder(model), examples, precision, cache_root, threads, OpenVINODecoder)
+    compiled = _compiled("sam-decoder", PairDecoder(model), examples, precision, cache_root, threads, OpenVINODecoder,
+                         static_batch=1)
     return compiled  # type: ignore[return-value]
 
 
 def _compiled(name: str, module: nn.Module, examples: tuple[torch.Tensor, ...], precision: str,
-              cache_root: Path | None, threads: int | None, wrap: Callable[[Any], OpenVINOModel]) -> OpenVINOModel:
-    """`module` compiled for the CPU: converted once per machine (IR cached on disk), compiled once per process."""
+              cache_root: Path | None, threads: int | None, wrap: Callable[[Any], OpenVINOModel],
+              static_batch: int | None = None) -> OpenVINOModel:
+    """`module` compiled for the CPU: converted once per machine (IR with a dynamic batch, cached on disk), compiled
+    once per process, for any batch size or, with `static_batch`, for that one."""
     ov = import_openvino()
 
     threads = threads or torch.get_num_threads()
     digest = module_digest(module, examples)
-    key = (f"{name}-{digest}", precision, threads)
+    key = (f"{name}-{digest}", precision, threads, static_batch)
     with _COMPILED_LOCK:
         if key not in _COMPILED:
-            ir = _cached_ir(name, module, examples, digest, cache_root)
+            model = ov.Core().read_model(str(_cached_ir(name, module, examples, digest, cache_root)))
+            if static_batch is not None:
+                model.reshape({port: ov.PartialShape([static_batch, *x.shape[1:]])
+                               for port, x in zip(model.inputs, examples, strict=True)})
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                       "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            _COMPILED[key] = wrap(ov.Core().compile_model(ov.Core().read_model(str(ir)), "CPU", config))
+            _COMPILED[key] = wrap(ov.Core().compile_model(model, "CPU", config))
         return _COMPILED[key]
+
+
+_DIGESTS: dict[tuple, str] = {}
 
 
 def module_digest(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> str:
     """Hash of the module's type, weights and buffers, input shapes, export revision and torch/OpenVINO versions
-    (names the cached IR, so changed weights or code never reuse an old conversion)."""
+    (names the cached IR, so changed weights or code never reuse an old conversion).
+
+    Remembered per process for the same tensors at the same version (hashing the weights takes ~70 ms a run); an
+    in-place change of a weight (`tensor._version`) or new tensors give a new hash."""
     ov = import_openvino()
 
-    digest = hashlib.blake2b(digest_size=16)
+    state = module.state_dict()
     shapes = [tuple(x.shape[1:]) for x in examples]
-    digest.update(f"{type(module).__name__}|{shapes}|{EXPORT_REVISION}|{torch.__version__}|{ov.__version__}".encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    header = f"{type(module).__name__}|{shapes}|{EXPORT_REVISION}|{torch.__version__}|{ov.__version__}"
+    memo = (header, *((name, t.data_ptr(), _version(t), t.dtype, tuple(t.shape)) for name, t in state.items()))
+    if memo not in _DIGESTS:
+        digest = hashlib.blake2b(header.encode(), digest_size=16)
+        for name, tensor in state.items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        _DIGESTS[memo] = digest.hexdigest()
+    return _DIGESTS[memo]
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """In-place modification counter; tensors made under inference mode have none (-1: only their storage counts)."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 def openvino_cache_dir(cache_root: Path | None = None) -> Path:

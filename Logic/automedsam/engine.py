@@ -224,6 +224,7 @@ class _Run:
         precision = self.options.precision
         if self.options.amp is not None:
             precision = "bf16" if self.options.amp else "fp32"
+        self.model.to(self.device)
         self.plan: EncoderPlan = plan_encoder(self.device, precision, self.options.encoder_backend, self.model)
         self.encode = make_encode(self.model, self.device, self.plan)
         self.pair_decode = make_decode(self.model, self.device, self.plan)
@@ -292,7 +293,6 @@ class _Run:
 
     def _run_batch(self, batch: list[int], decode: Decoder) -> None:
         images, info = to_model_input(self.normalized[batch], self.config.image_size)
-        self.model.to(self.device)
         with torch.inference_mode(), self._autocast():
             embeddings = self._embeddings(batch, images)
             decoded = decode(embeddings, batch, info)

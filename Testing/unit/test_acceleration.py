@@ -187,3 +187,14 @@ def test_the_decoder_follows_the_encoder_plan(monkeypatch):
     assert made == ["bf16", "fp32"]
     assert acceleration.make_decode(model, CPU, EncoderPlan("torch", "fp32")) is None
     assert acceleration.make_decode(FakeModel(), CPU, EncoderPlan("openvino", "fp32")) is None
+
+
+def test_the_digest_is_remembered_but_follows_in_place_weight_changes():
+    pytest.importorskip("openvino")
+    model = TinyModel()
+    examples = (torch.rand(2, 3, 64, 64),)
+    first = acceleration.module_digest(model.image_encoder, examples)
+    assert acceleration.module_digest(model.image_encoder, examples) == first
+    with torch.no_grad():
+        model.image_encoder.neck[0].weight.mul_(2.0)  # same storage, new version
+    assert acceleration.module_digest(model.image_encoder, examples) != first
