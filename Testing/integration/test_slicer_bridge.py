@@ -11,8 +11,8 @@ from automedsam.result import LabelVolume, Segment
 from automedsam.volume import Volume
 
 slicer = pytest.importorskip("slicer")
+from mrml_state import node_state, tag  # noqa: E402 (needs slicer)
 from vtkmodules.util import numpy_support  # noqa: E402
-from vtkmodules.vtkCommonCore import reference  # noqa: E402
 from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
 
 from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
@@ -69,24 +69,6 @@ def two_class_result(volume: Volume, shift: int = 0) -> LabelVolume:
     labels[1:4, 1 + shift:5, 1:4] = 5
     labels[2:6, 3:6, 4:8 - shift] = 3                            # overlaps nothing: written after the liver
     return LabelVolume(labels, volume, (Segment("liver", 5, LIVER), Segment("kidney_left", 3, KIDNEY_LEFT)))
-
-
-def tag(segment, name: str) -> str | None:
-    value = reference("")
-    return str(value) if segment.GetTag(name, value) else None
-
-
-def node_state(segmentation_node, reference_node) -> list[tuple]:
-    """The reference geometry, then per segment what a user sees: ID, name, colour, tags, voxels (reference grid)."""
-    segmentation = segmentation_node.GetSegmentation()
-    state: list[tuple] = [(segmentation.GetConversionParameter("Reference image geometry"),)]
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment_id = segmentation.GetNthSegmentID(index)
-        segment = segmentation.GetSegment(segment_id)
-        tags = tuple(tag(segment, t) for t in ("AutoMedSAM.ClassKey", "TerminologyEntry", "Segmentation.Status"))
-        mask = slicer_bridge.segment_mask(segmentation_node, segment_id, reference_node)
-        state.append((segment_id, segment.GetName(), tuple(np.round(segment.GetColor(), 6)), tags, mask.tobytes()))
-    return state
 
 
 # ------------------------------------------------------------------------------------------------ volume in

@@ -22,7 +22,8 @@ from automedsam.volume import Volume
 
 slicer = pytest.importorskip("slicer")
 import slicerio  # noqa: E402
-from vtkmodules.vtkCommonCore import reference, vtkStringArray  # noqa: E402
+from mrml_state import node_state, tag  # noqa: E402 (needs slicer)
+from vtkmodules.vtkCommonCore import vtkStringArray  # noqa: E402
 
 from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
 from automedsam.slicer_logic import UNCERTAINTY_ROLE, SlicerSegmentationLogic, segmentation_result  # noqa: E402
@@ -40,24 +41,6 @@ def model() -> FakeModel:
 @pytest.fixture
 def logic(model: FakeModel) -> SlicerSegmentationLogic:
     return SlicerSegmentationLogic(model_loader=lambda spec: model)
-
-
-def tag(segment, name: str) -> str | None:
-    value = reference("")
-    return str(value) if segment.GetTag(name, value) else None
-
-
-def node_state(segmentation_node, reference_node) -> list[tuple]:
-    """What a user sees per segment: ID, name, colour, tags, voxels on the reference grid; plus the geometry."""
-    segmentation = segmentation_node.GetSegmentation()
-    state: list[tuple] = [(segmentation.GetConversionParameter("Reference image geometry"),)]
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment_id = segmentation.GetNthSegmentID(index)
-        segment = segmentation.GetSegment(segment_id)
-        tags = tuple(tag(segment, t) for t in ("AutoMedSAM.ClassKey", "TerminologyEntry", "Segmentation.Status"))
-        mask = slicer_bridge.segment_mask(segmentation_node, segment_id, reference_node)
-        state.append((segment_id, segment.GetName(), tuple(np.round(segment.GetColor(), 6)), tags, mask.tobytes()))
-    return state
 
 
 def paint(scene, segmentation_node, volume_node, mask: np.ndarray, segment_id: str | None = None,
