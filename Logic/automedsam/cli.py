@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -42,10 +42,7 @@ def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="automedsam", description="AutoMedSAM organ segmentation for CT and MR.")
-    parser.add_argument("--version", action="version", version=f"automedsam {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = program_parser("automedsam", "AutoMedSAM organ segmentation for CT and MR.", __version__)
     _add_segment_parser(commands)
     classes = commands.add_parser("classes", help="list the organ classes")
     classes.add_argument("--model", default=None, help="only the classes this model segments")
@@ -59,21 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `automedsam` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from . import commands
+def program_parser(prog: str, description: str,
+                   version: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A console script's parser with --version and --debug, and its sub-command group (both scripts use it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser, parser.add_subparsers(dest="command", required=True)
 
-    handlers = {"segment": commands.run_segment, "classes": commands.run_classes,
-                "models": commands.run_models, "demo": commands.run_demo}
+
+def run_command(args: argparse.Namespace, handler: Callable[[argparse.Namespace], None], interrupted: str) -> int:
+    """Run a sub-command as both console scripts do: exit code 0, 2 with one `error:` line for a user error,
+    130 with `interrupted` on Ctrl-C, 1 for an internal error (its traceback only with --debug)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        handlers[args.command](args)
+        handler(args)
     except AutoMedSAMError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns internal errors into exit code 1
         if args.debug:
@@ -82,6 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `automedsam` console script."""
+    args = build_parser().parse_args(argv)
+    from . import commands
+
+    handlers = {"segment": commands.run_segment, "classes": commands.run_classes,
+                "models": commands.run_models, "demo": commands.run_demo}
+    return run_command(args, handlers[args.command], "interrupted; nothing was written")
 
 
 if __name__ == "__main__":

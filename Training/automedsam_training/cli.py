@@ -14,12 +14,12 @@ Exit codes as `automedsam`: 0 success, 2 user error (one `error: ...` line), 1 i
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from automedsam.errors import AutoMedSAMError, InputError
+from automedsam.cli import program_parser, run_command
+from automedsam.errors import InputError
 
 from . import __version__
 
@@ -43,10 +43,7 @@ def _add_import_parsers(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="automedsam-train", description="Train AutoMedSAM class prompt encoders.")
-    parser.add_argument("--version", action="version", version=f"automedsam-train {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = program_parser("automedsam-train", "Train AutoMedSAM class prompt encoders.", __version__)
     _add_import_parsers(commands)
     inspect = commands.add_parser("inspect", help="per case and class: voxels, slices, volume (checks alignment)")
     inspect.add_argument("spec", type=Path)
@@ -73,27 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `automedsam-train` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from . import commands
 
     handlers = {"import-nnunet": commands.run_import_nnunet, "import-totalseg": commands.run_import_totalseg,
                 "inspect": commands.run_inspect, "train": commands.run_train, "evaluate": commands.run_evaluate,
                 "export": commands.run_export}
-    try:
-        handlers[args.command](args)
-    except AutoMedSAMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the last checkpoint (if any) is in the run folder: resume with --resume",
-              file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the one place that turns internal errors into exit code 1
-        if args.debug:
-            raise
-        print(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(args, handlers[args.command],
+                       "interrupted; the last checkpoint (if any) is in the run folder: resume with --resume")
 
 
 def parse_pairs(items: Sequence[str]) -> dict[str, str]:
