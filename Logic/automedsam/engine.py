@@ -226,8 +226,17 @@ class _Run:
             precision = "bf16" if self.options.amp else "fp32"
         self.model.to(self.device)
         self.plan: EncoderPlan = plan_encoder(self.device, precision, self.options.encoder_backend, self.model)
-        self.encode = make_encode(self.model, self.device, self.plan)
-        self.pair_decode = make_decode(self.model, self.device, self.plan)
+        try:
+            self.encode = make_encode(self.model, self.device, self.plan)
+            self.pair_decode = make_decode(self.model, self.device, self.plan)
+        except Exception as error:  # noqa: BLE001 - any OpenVINO conversion/compile failure: PyTorch still works
+            if self.plan.backend != "openvino" or self.options.encoder_backend != "auto":
+                raise
+            self.warn(f"the fast CPU path (OpenVINO) could not prepare the model ({type(error).__name__}: {error}); "
+                      "running in PyTorch instead, which is slower")
+            self.plan = plan_encoder(self.device, precision, "torch", self.model)
+            self.encode = make_encode(self.model, self.device, self.plan)
+            self.pair_decode = None
         logger.info("running on %s: %s", self.device, self.plan.description)
 
     def _cache_key(self) -> str | None:

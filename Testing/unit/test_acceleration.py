@@ -198,3 +198,23 @@ def test_the_digest_is_remembered_but_follows_in_place_weight_changes():
     with torch.no_grad():
         model.image_encoder.neck[0].weight.mul_(2.0)  # same storage, new version
     assert acceleration.module_digest(model.image_encoder, examples) != first
+
+
+def test_an_openvino_failure_on_the_automatic_path_falls_back_to_pytorch_with_a_warning(monkeypatch):
+    from automedsam import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("conversion failed (simulated)")
+
+    monkeypatch.setattr(engine, "plan_encoder", lambda device, precision, backend, model: EncoderPlan(
+        "openvino" if backend == "auto" else backend, "fp32"))
+    monkeypatch.setattr(engine, "make_encode", lambda model, device, plan: broken() if plan.backend == "openvino"
+                        else model.encode)
+    warnings: list[str] = []
+    reference = segment(phantom(), ["liver"], FakeModel(), EngineOptions(device="cpu", encoder_backend="torch"))
+    result = segment(phantom(), ["liver"], FakeModel(), EngineOptions(device="cpu", warn=warnings.append))
+    assert (result.labels == reference.labels).all() and result.labels.any()
+    assert len(warnings) == 1 and "OpenVINO" in warnings[0] and "simulated" in warnings[0]
+    assert result.messages == warnings
+    with pytest.raises(RuntimeError, match="simulated"):  # asked for OpenVINO explicitly: no silent fallback
+        segment(phantom(), ["liver"], FakeModel(), EngineOptions(device="cpu", encoder_backend="openvino"))
