@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,13 +32,14 @@ from torch import nn
 
 from .errors import InputError, ModelError
 
+if TYPE_CHECKING:
+    from .model.lite_medsam import PairDecode
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "openvino")
 Encode = Callable[[torch.Tensor], torch.Tensor]
-# (N, 256, 64, 64) embeddings, (N, 2, 256) sparse and (N, 256, 64, 64) dense prompts -> (N, 1, 256, 256) logits
-PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

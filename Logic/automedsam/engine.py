@@ -16,18 +16,21 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from .acceleration import EncoderPlan, PairDecode, autocast_dtype, make_decode, make_encode, plan_encoder
+from .acceleration import EncoderPlan, autocast_dtype, make_decode, make_encode, plan_encoder
 from .catalog import ClassCatalog, OrganClass, default_catalog
 from .errors import AutoMedSAMError, Cancelled, InputError, ModelError
 from .postprocess import postprocess_labels
 from .preprocess import PreprocessConfig, box_to_model, from_model_output, mask_box, normalize_volume, to_model_input
 from .result import LabelVolume, Segment
 from .volume import CanonicalView, Volume, canonical_view, ras_box_to_canonical
+
+if TYPE_CHECKING:
+    from .model.lite_medsam import PairDecode
 
 logger = logging.getLogger(__name__)
 

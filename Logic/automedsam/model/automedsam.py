@@ -8,7 +8,7 @@ engine's job. The caller runs these under `torch.inference_mode()`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,14 +26,12 @@ from .class_prompt import (
     PromptEmbeddings,
     build_class_prompt_encoder,
 )
-from .lite_medsam import LiteMedSAM, PairedMaskDecoder, load_lite_medsam
+from .lite_medsam import LiteMedSAM, PairDecode, PairedMaskDecoder, load_lite_medsam
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {"image_size": 256, "ct_window": [40.0, 400.0], "mr_percentiles": [0.5, 99.5]}
 
 
 ABSENT_LOGIT = -1.0e4   # logit of a pair that was not decoded: sigmoid gives exactly 0
-# One image embedding per prompt: (N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits
-PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _pairs_to_decode(presence_logits: torch.Tensor, threshold: float | None) -> torch.Tensor:

@@ -30,6 +30,11 @@ EMBEDDING_SIZE = 64
 PROMPT_DIM = 256
 
 
+# One image embedding per prompt: (N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits.
+# What can stand in for the PyTorch decoder (e.g. `automedsam.acceleration.OpenVINODecoder`).
+PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class PairedMaskDecoder(MaskDecoder):
     """SAM's mask decoder that pairs images with prompts instead of crossing them.
 
@@ -108,8 +113,7 @@ class LiteMedSAM(nn.Module):
         return self.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
 
     def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                      decoder: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                      ) -> BoxOutput:
+                      decoder: PairDecode | None = None) -> BoxOutput:
         """Embeddings (B, 256, 64, 64), one box per slice (B, 4) in model-input pixels -> `BoxOutput`.
 
         `decoder` (embeddings, sparse, dense) -> logits replaces the PyTorch decoder (e.g. the OpenVINO one); it
