@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +271,7 @@ class PairDecoder(nn.Module):
 
 _COMPILED: dict[tuple[str, str, int, int | None], OpenVINOModel] = {}
 _COMPILED_LOCK = threading.Lock()
+_PAIR_DECODERS: weakref.WeakKeyDictionary[Any, PairDecoder] = weakref.WeakKeyDictionary()
 # Part of every converted model's name: bump it when a module's code changes in a way that changes its graph
 # (2: TinyViT window attention as one scaled_dot_product_attention op).
 EXPORT_REVISION = 2
@@ -289,7 +291,10 @@ def openvino_decoder(model: Any, precision: str = "fp32", cache_root: Path | Non
     """LiteMedSAM's mask decoder (`PairDecoder`) compiled by OpenVINO, cached like the encoder."""
     grid = model.prompt_encoder.image_embedding_size
     examples = (torch.rand(2, 256, *grid), torch.rand(2, 2, 256), torch.rand(2, 256, *grid))
-    compiled = _compiled("sam-decoder", PairDecoder(model), examples, precision, cache_root, threads, OpenVINODecoder,
+    module = _PAIR_DECODERS.get(model)
+    if module is None:  # one per model, so its weight hash is remembered (the positional encoding is a new tensor)
+        module = _PAIR_DECODERS[model] = PairDecoder(model)
+    compiled = _compiled("sam-decoder", module, examples, precision, cache_root, threads, OpenVINODecoder,
                          static_batch=1)
     return compiled  # type: ignore[return-value]
 

@@ -218,3 +218,14 @@ def test_an_openvino_failure_on_the_automatic_path_falls_back_to_pytorch_with_a_
     assert result.messages == warnings
     with pytest.raises(RuntimeError, match="simulated"):  # asked for OpenVINO explicitly: no silent fallback
         segment(phantom(), ["liver"], FakeModel(), EngineOptions(device="cpu", encoder_backend="openvino"))
+
+
+def test_the_decoder_is_prepared_once_per_model(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from automedsam.model import build_lite_medsam
+
+    model = build_lite_medsam().eval()
+    first = acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path)
+    monkeypatch.setattr(acceleration, "_cached_ir", lambda *a: pytest.fail("prepared again for the same model"))
+    monkeypatch.setattr(acceleration.hashlib, "blake2b", lambda *a, **k: pytest.fail("weights hashed again"))
+    assert acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path) is first
