@@ -67,3 +67,20 @@ def total_class_map() -> dict[str, dict[int, str]]:
 
 if __name__ == "__main__":
     print(reference_files())
+
+
+def dicom_with_uids(files: list[Path], folder: Path, study_uid: str, series_uid: str) -> list[Path]:
+    """Copies of DICOM files in `folder` with their UIDs restored (the shipped example series was anonymised to
+    empty UIDs, and a DICOM SEG must reference real ones): SOP Class/Instance UIDs from each file's meta header,
+    the given study and series UIDs."""
+    import pydicom
+
+    copies = []
+    for file in files:
+        dataset = pydicom.dcmread(file)
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
+        dataset.save_as(folder / Path(file).name)
+        copies.append(folder / Path(file).name)
+    return copies

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+from reference_data import dicom_with_uids
 
 from automedsam import io
 from automedsam.catalog import Code, OrganClass
@@ -64,15 +65,7 @@ def series_with_uids(series: tuple[Volume, list[Path]], tmp_path_factory: pytest
     folder = tmp_path_factory.mktemp("ct_dicom_uids")
     study = pydicom.uid.generate_uid(entropy_srcs=["automedsam-test-study"])
     series_uid = pydicom.uid.generate_uid(entropy_srcs=["automedsam-test-series"])
-    copies = []
-    for file in series[1]:
-        dataset = pydicom.dcmread(file)
-        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series_uid
-        dataset.save_as(folder / file.name)
-        copies.append(folder / file.name)
-    return copies
+    return dicom_with_uids(series[1], folder, study, series_uid)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from engine_fakes import FakeModel, phantom
 from mrml_nodes import add_volume_node
+from reference_data import dicom_with_uids
 
 from automedsam.catalog import default_catalog
 from automedsam.engine import EngineOptions, segment
@@ -336,14 +337,7 @@ def test_export_dicom_seg_next_to_the_dicom_series(scene, reference_files, tmp_p
     from automedsam.result import LabelVolume, Segment
 
     volume, anonymised = read_dicom_series(reference_files / "example_ct_dicom")
-    files, study, series = [], pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    for file in anonymised:                                       # the shipped files lack the UIDs a SEG references
-        dataset = pydicom.dcmread(file)
-        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
-        dataset.save_as(tmp_path / file.name)
-        files.append(tmp_path / file.name)
+    files = dicom_with_uids(anonymised, tmp_path, pydicom.uid.generate_uid(), pydicom.uid.generate_uid())
     node = add_volume_node(scene, volume, "DICOM CT")
     node.SetAttribute("DICOM.Modality", "CT")
     labels = np.zeros(volume.array.shape, np.uint8)
