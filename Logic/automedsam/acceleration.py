@@ -233,9 +233,9 @@ class OpenVINOEncoder(OpenVINOModel):
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float images in [0, 1] -> (B, 256, 64, 64) fp32 embeddings."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
-            raise InputError(f"model input must be (B, 3, {self.image_size}, {self.image_size}) images, "
-                             f"got {tuple(images.shape)}")
+        from .model.lite_medsam import check_model_input
+
+        check_model_input(images, self.image_size)
         return self.run(images)
 
 
@@ -263,10 +263,9 @@ class PairDecoder(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> single-mask logits (N, 1, 256, 256)."""
-        logits, _ = self.mask_decoder(image_embeddings=embeddings, image_pe=self.image_pe,
-                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                      multimask_output=False)
-        return logits
+        from .model.lite_medsam import decode_single_mask
+
+        return decode_single_mask(self.mask_decoder, self.image_pe, embeddings, sparse, dense)[0]
 
 
 _COMPILED: dict[tuple[str, str, int, int | None], OpenVINOModel] = {}

@@ -72,6 +72,19 @@ class PairedMaskDecoder(MaskDecoder):
         return masks, self.iou_prediction_head(iou_token_out)
 
 
+def check_model_input(images: torch.Tensor, image_size: int) -> None:
+    """`InputError` unless `images` is a (B, 3, image_size, image_size) batch (every encoder backend checks this)."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, image_size, image_size):
+        raise InputError(f"model input must be (B, 3, {image_size}, {image_size}) images, got {tuple(images.shape)}")
+
+
+def decode_single_mask(mask_decoder: PairedMaskDecoder, image_pe: torch.Tensor, embeddings: torch.Tensor,
+                       sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decoder with one mask per prompt: logits (N, 1, 256, 256) and predicted IoU (N, 1)."""
+    return mask_decoder(image_embeddings=embeddings, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                        dense_prompt_embeddings=dense, multimask_output=False)
+
+
 class BoxOutput(NamedTuple):
     """Box-prompt result for B slices."""
 
@@ -93,18 +106,14 @@ class LiteMedSAM(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 256, 256) float in [0, 1] -> (B, 256, 64, 64) image embeddings."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
-            raise InputError(f"model input must be (B, 3, {self.image_size}, {self.image_size}) images, "
-                             f"got {tuple(images.shape)}")
+        check_model_input(images, self.image_size)
         return self.image_encoder(images)
 
     def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor,
                dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (B, 256, 64, 64) with N = k*B prompts (N, T, 256), (N, 256, 64, 64), k per image in order ->
         single-mask logits (N, 1, 256, 256) and predicted IoU (N, 1)."""
-        return self.mask_decoder(image_embeddings=embeddings, image_pe=self.prompt_encoder.get_dense_pe(),
-                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                 multimask_output=False)
+        return decode_single_mask(self.mask_decoder, self.prompt_encoder.get_dense_pe(), embeddings, sparse, dense)
 
     def box_prompts(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 4) boxes x0, y0, x1, y1 in model-input pixels -> SAM's sparse (N, 2, 256), dense (N, 256, 64, 64)."""
