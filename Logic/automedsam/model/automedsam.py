@@ -154,7 +154,10 @@ class AutoMedSAM(LiteMedSAM):
             presence = full.presence_logits
         pairs = _pairs_to_decode(presence, presence_threshold)
         selected = condition if len(pairs) == b * c else encoder.select(condition, pairs)
-        images = embeddings[torch.div(pairs, max(c, 1), rounding_mode="floor")]
+        if decoder is None and len(pairs) == b * c:
+            images = embeddings  # the paired decoder takes each slice's C prompts in order: no copy per pair
+        else:
+            images = embeddings[torch.div(pairs, max(c, 1), rounding_mode="floor")]
         prompts = _pair_prompts(full, pairs) if full is not None else _pair_prompts(encoder.prompts(selected))
         logits = embeddings.new_full((b * c, 1, self.image_size, self.image_size), ABSENT_LOGIT)
         logits[pairs] = self._decode_pairs(images, *prompts, decoder).to(logits.dtype)
@@ -179,8 +182,9 @@ class AutoMedSAM(LiteMedSAM):
 
     def _decode_pairs(self, images: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                       decoder: PairDecode | None) -> torch.Tensor:
-        """One image embedding per prompt, (N, ...) each -> logits (N, 1, 256, 256), by `decoder` or PyTorch's."""
-        if images.shape[0] == 0:
+        """Prompts (N, ...) with one image embedding each, or (PyTorch decoder only) with B embeddings that take
+        N / B consecutive prompts each -> logits (N, 1, 256, 256), by `decoder` or PyTorch's."""
+        if sparse.shape[0] == 0:
             return images.new_zeros((0, 1, self.image_size, self.image_size))
         if decoder is not None:
             return decoder(images, sparse, dense)
