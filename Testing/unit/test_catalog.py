@@ -65,6 +65,10 @@ GENERAL_ANATOMY = {
     ("123037004", "89837001", ""),  # Urinary bladder
     ("123037004", "90572001", "24028007"),  # Lower lobe of lung, Right
     ("123037004", "90572001", "7771000"),  # Lower lobe of lung, Left
+    ("123037004", "113197003", ""),  # Rib (the codes of slicerio's Slicer-made Segmentation.seg.nrrd)
+    ("123037004", "122494005", ""),  # Cervical spine
+    ("123037004", "122495006", ""),  # Thoracic spine
+    ("123037004", "122496007", ""),  # Lumbar spine
     ("49755003", "367643001", ""),  # Cyst (Morphologically Altered Structure)
 }
 # (region, region modifier) code values of Slicer's "Anatomic codes - DICOM master list" that the catalog uses.
@@ -141,7 +145,8 @@ def test_label_values_follow_totalsegmentator(cat):
 
 def test_catalog_content_is_complete_and_consistent(cat):
     keys = cat.keys()
-    assert len(cat) == len(keys) >= 121
+    assert len(cat) == len(keys) >= 125
+    assert {"ribs", "cervical_spine", "thoracic_spine", "lumbar_spine"} <= set(keys)
     assert {"liver", "vertebrae", "autochthon_left", "autochthon_right", "intervertebral_discs"} <= set(keys)
     assert len({o.name for o in cat}) == len(cat)
     assert cat.get("vertebrae").type.value == "51282000"
