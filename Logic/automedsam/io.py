@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ import slicerio
 from . import __version__
 from .catalog import Code
 from .errors import InputError, OutputError
+from .file_checks import check_nifti, check_path_text, native_stderr
 from .result import LabelVolume, Segment
 from .volume import LPS_TO_RAS, MODALITIES, Volume
 
@@ -46,6 +48,11 @@ DICOM_SEG_FILENAME = "AutoMedSAM-SEG.dcm"
 DICOM_SEG_SERIES_NUMBER = 1001
 _MODALITY_TAG = "0008|0060"
 _DESCRIPTION_TAG = "0008|103e"
+_POSITION_TAG = "0020|0032"
+_ORIENTATION_TAG = "0020|0037"
+_SPACING_TOLERANCE = 0.01  # relative deviation of one slice gap from the median gap that counts as uneven
+logger = logging.getLogger(__name__)
+Warn = Callable[[str], None]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -54,38 +61,48 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if np.asarray(array).size and float(np.min(array)) < CT_MINIMUM_BELOW else "MR"
 
 
-def read_volume(path: Path | str, modality: str | None = None, series_uid: str | None = None) -> Volume:
+def read_volume(path: Path | str, modality: str | None = None, series_uid: str | None = None,
+                warn: Warn | None = None) -> Volume:
     """Read a NIfTI, NRRD or MHA/MHD file, or the DICOM series in a folder, as a `Volume`.
 
     `modality` ("CT"/"MR") is used when the file does not say (only DICOM does); without it the modality
-    is guessed from the intensities. `series_uid` picks one series of a DICOM folder holding several.
+    is guessed from the intensities. `series_uid` picks one series of a DICOM folder holding several (its UID
+    or its number in the listing). Truncated files, NIfTI files without voxel size or with NaN/Inf voxels and
+    DICOM series with uneven slice spacing are refused; `warn` (default: the log) gets doubtful findings.
     """
     path = Path(path)
+    check_path_text(path, "input")
     _check_modality_argument(modality)
     if not path.exists():
         raise InputError(f"input {path} does not exist; check the path")
     if path.is_dir():
-        return read_dicom_series(path, modality, series_uid)[0]
+        return read_dicom_series(path, modality, series_uid, warn)[0]
     if _image_suffix(path) is None:
         raise InputError(f"{path.name}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} "
                          "or a folder holding a DICOM series")
+    if _image_suffix(path) in (".nii", ".nii.gz"):
+        for message in check_nifti(path):
+            (warn or logger.warning)(message)
+    native: list[str] = []
     try:
-        image = sitk.ReadImage(str(path))
+        with native_stderr(native):
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise InputError(f"could not read {path}: {_error_summary(error)}") from error
+        raise InputError(f"could not read {path}: {_read_error_summary(error, native)}") from error
     return _volume_from_image(image, path, modality)
 
 
-def read_input(path: Path | str, modality: str | None = None,
-               series_uid: str | None = None) -> tuple[Volume, list[Path]]:
+def read_input(path: Path | str, modality: str | None = None, series_uid: str | None = None,
+               warn: Warn | None = None) -> tuple[Volume, list[Path]]:
     """`read_volume` plus the source DICOM files (slice order) when the input is a DICOM folder, else `[]`.
 
     The file list is what `write_result` needs to write a DICOM SEG that references the input series.
     """
     path = Path(path)
+    check_path_text(path, "input")
     if path.is_dir():
-        return read_dicom_series(path, modality, series_uid)
-    return read_volume(path, modality), []
+        return read_dicom_series(path, modality, series_uid, warn)
+    return read_volume(path, modality, warn=warn), []
 
 
 def list_dicom_series(folder: Path | str) -> dict[str, list[Path]]:
@@ -93,19 +110,24 @@ def list_dicom_series(folder: Path | str) -> dict[str, list[Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; expected a folder holding a DICOM series")
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    return {uid: [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
-            for uid in series_ids}
+    for entry in os.scandir(folder):
+        check_path_text(entry.path, "DICOM file")
+    with native_stderr([]):
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return {uid: [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
+                for uid in series_ids}
 
 
-def read_dicom_series(folder: Path | str, modality: str | None = None,
-                      series_uid: str | None = None) -> tuple[Volume, list[Path]]:
+def read_dicom_series(folder: Path | str, modality: str | None = None, series_uid: str | None = None,
+                      warn: Warn | None = None) -> tuple[Volume, list[Path]]:
     """Read one DICOM series of `folder`: the `Volume` and its files in slice (k) order, for the DICOM SEG writer.
 
-    Several series in the folder need `series_uid`; the error lists them. The Modality tag (0008,0060)
-    decides CT vs MR when present; other modalities (PT, US, ...) are refused.
+    Several series in the folder need `series_uid` (UID or number); the error lists them. The Modality tag
+    (0008,0060) decides CT vs MR when present; other modalities (PT, US, ...) are refused. A series whose slices
+    are not evenly spaced (a missing or unreadable file) is refused with the gap named.
     """
     folder = Path(folder)
+    check_path_text(folder, "input")
     _check_modality_argument(modality)
     if not folder.exists():
         raise InputError(f"input {folder} does not exist; check the path")
@@ -113,10 +135,14 @@ def read_dicom_series(folder: Path | str, modality: str | None = None,
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     reader.MetaDataDictionaryArrayUpdateOn()
+    native: list[str] = []
     try:
-        image = reader.Execute()
+        with native_stderr(native):
+            image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"could not read the DICOM series in {folder}: {_error_summary(error)}") from error
+        raise InputError(f"could not read the DICOM series in {folder}: {_read_error_summary(error, native)}"
+                         ) from error
+    _check_slice_positions(reader, files, folder)
     dicom_modality = reader.GetMetaData(0, _MODALITY_TAG).strip() if reader.HasMetaDataKey(0, _MODALITY_TAG) else ""
     if dicom_modality and dicom_modality not in MODALITIES:
         raise InputError(f"the DICOM series in {folder} is {dicom_modality} (Modality tag 0008,0060); "
@@ -129,19 +155,45 @@ def _select_series(folder: Path, series: dict[str, list[Path]], series_uid: str 
         raise InputError(f"no DICOM series found in {folder}; expected DICOM files or a "
                          f"{'/'.join(IMAGE_SUFFIXES)} file")
     if series_uid is not None:
+        uids = list(series)
+        if series_uid.isdigit() and 1 <= int(series_uid) <= len(uids) and series_uid not in series:
+            return series[uids[int(series_uid) - 1]]
         if series_uid not in series:
             raise InputError(f"{folder} has no DICOM series {series_uid!r}; it holds {_describe_series(series)}")
         return series[series_uid]
     if len(series) > 1:
-        raise InputError(f"{folder} holds {len(series)} DICOM series; pick one by its Series Instance UID: "
-                         f"{_describe_series(series)}")
+        raise InputError(f"{folder} holds {len(series)} DICOM series; pick one by its number or its Series "
+                         f"Instance UID (command line: --series 1): {_describe_series(series)}")
     return next(iter(series.values()))
 
 
+def _check_slice_positions(reader: sitk.ImageSeriesReader, files: Sequence[Path], folder: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along the slice normal (stacking would misplace them)."""
+    if len(files) < 3 or not all(reader.HasMetaDataKey(k, _POSITION_TAG) for k in range(len(files))):
+        return
+    try:
+        row_col = np.array(reader.GetMetaData(0, _ORIENTATION_TAG).split("\\"), dtype=float).reshape(2, 3)
+        positions = np.array([reader.GetMetaData(k, _POSITION_TAG).split("\\") for k in range(len(files))],
+                             dtype=float)
+    except ValueError:
+        return
+    heights = positions @ np.cross(row_col[0], row_col[1])
+    gaps = np.diff(heights)
+    typical = float(np.median(np.abs(gaps)))
+    uneven = np.flatnonzero(np.abs(np.abs(gaps) - typical) > _SPACING_TOLERANCE * max(typical, 1e-3))
+    if typical == 0.0 or uneven.size:
+        k = int(uneven[0]) if uneven.size else 0
+        raise InputError(
+            f"the DICOM series in {folder} is not evenly spaced: {typical:.3g} mm between most slices, but "
+            f"{abs(gaps[k]):.3g} mm between {files[k].name} and {files[k + 1].name} (slices {k + 1} and {k + 2} of "
+            f"{len(files)}); a slice is probably missing or unreadable. Add the missing file, or load the series in "
+            "3D Slicer, whose DICOM reader can resample it, and save it as NRRD")
+
+
 def _describe_series(series: dict[str, list[Path]]) -> str:
-    """`uid ("description", N files)` for each series, for error messages."""
+    """`N: uid ("description", N files)` for each series, for error messages."""
     items = []
-    for uid, files in series.items():
+    for number, (uid, files) in enumerate(series.items(), start=1):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(files[0]))
         try:
@@ -150,7 +202,7 @@ def _describe_series(series: dict[str, list[Path]]) -> str:
             description = reader.GetMetaData(_DESCRIPTION_TAG).strip() if has_description else ""
         except RuntimeError:
             description = ""
-        items.append(f"{uid or '(no UID)'} ({description!r}, {len(files)} files)")
+        items.append(f"{number}: {uid or '(no UID)'} ({description!r}, {len(files)} files)")
     return "; ".join(items)
 
 
@@ -176,6 +228,18 @@ def _error_summary(error: BaseException) -> str:
     """The last non-empty line of an error (SimpleITK puts the reason after its file/line preamble)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def _read_error_summary(error: BaseException, native: Sequence[str]) -> str:
+    """The reader's reason, or what the C++ reader printed when its exception only says 'No such file'."""
+    summary = _error_summary(error)
+    printed = [line for line in native if "WARNING" not in line.upper()[:10]] or list(native)
+    if printed and ("No such file" in summary or summary.startswith("Reason:")):
+        detail = " ".join(" ".join(printed).split())
+        if "not read completely" in detail or "ideal" in detail:
+            return f"the file is truncated ({detail}); copy it again"
+        return detail
+    return summary
 
 
 # --------------------------------------------------------------------------------------- atomic writing
@@ -207,7 +271,15 @@ def _temporary_path(target: Path) -> Path:
     suffix = "".join(target.suffixes[-2:]) if target.name.lower().endswith((".nii.gz", ".seg.nrrd")) else target.suffix
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(handle)
+    os.chmod(name, _new_file_mode())
     return Path(name)
+
+
+def _new_file_mode() -> int:
+    """The permissions a plain new file gets (0666 less the umask), not mkstemp's private 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _describe_write_error(error: BaseException, target: Path) -> str:
@@ -299,14 +371,29 @@ def write_nifti_labels(result: LabelVolume, path: Path | str) -> tuple[Path, Pat
         raise InputError(f"{path.name}: a NIfTI labelmap must end in .nii.gz or .nii")
     _check_result(result)
     image = result.volume.to_sitk(_clean_labels(result))
-    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.name[: -len(".nii")]
-    sidecar = path.with_name(f"{stem}.json")
+    sidecar = nifti_sidecar(path)
     text = json.dumps(_labels_json(result.segments), indent=2)
     _write_atomically([
         (path, lambda temp: sitk.WriteImage(image, str(temp), useCompression=True)),
         (sidecar, lambda temp: temp.write_text(text, encoding="utf-8")),
     ])
     return path, sidecar
+
+
+def nifti_sidecar(path: Path) -> Path:
+    """The `.json` that describes the labels of the NIfTI label map `path` (`result.nii.gz` -> `result.json`)."""
+    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.name[: -len(".nii")]
+    return path.with_name(f"{stem}.json")
+
+
+def result_files(path: Path | str, kind: str) -> list[Path]:
+    """Every file `write_result` writes for an output path of format `kind` (see `result_format`)."""
+    path = Path(path)
+    if kind == "dicom-seg":
+        return [path / DICOM_SEG_FILENAME]
+    if kind == "nifti":
+        return [path, nifti_sidecar(path)]
+    return [path]
 
 
 def _labels_json(segments: Sequence[Segment]) -> dict[str, dict]:
@@ -379,7 +466,7 @@ def write_dicom_seg(result: LabelVolume, source_files: Sequence[Path], out_dir: 
         raise InputError("a DICOM SEG needs the DICOM series the result was computed from, and the input was "
                          "not DICOM; write .seg.nrrd or .nii.gz instead")
     _check_result(result)
-    sources = _frames_in_volume_order(result.volume, _read_source_headers(source_files))
+    sources = check_dicom_seg_sources(result.volume, source_files)
     numbers = np.zeros(65536, dtype=np.uint16)
     for number, segment in enumerate(result.segments, start=1):
         numbers[segment.label_value] = number
@@ -399,6 +486,12 @@ def write_dicom_seg(result: LabelVolume, source_files: Sequence[Path], out_dir: 
         raise OutputError(_describe_write_error(error, out_dir)) from error
     _write_atomically([(target, lambda temp: seg.save_as(str(temp)))])
     return target
+
+
+def check_dicom_seg_sources(volume: Volume, source_files: Sequence[Path]) -> list:
+    """The source headers in slice order, or `InputError` if a DICOM SEG cannot reference them (no UIDs, other
+    grid); the command line calls it before segmenting, so that this is known in a second, not after the run."""
+    return _frames_in_volume_order(volume, _read_source_headers(source_files))
 
 
 def _read_source_headers(files: Sequence[Path]) -> list:

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 
 from .errors import InputError
+from .file_checks import non_finite_message
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MODALITIES = ("CT", "MR")
@@ -48,7 +49,7 @@ class Volume:
     ) -> Volume:
         """Build from a KJI array, spacing along (i, j, k) in mm, RAS origin and RAS axis directions (columns)."""
         if np.any(np.asarray(spacing, dtype=float) <= 0) or not np.all(np.isfinite(spacing)):
-            raise InputError(f"voxel spacing {tuple(spacing)} mm must be finite and positive along every axis")
+            raise InputError(f"voxel spacing {format_mm(spacing)} mm must be finite and positive along every axis")
         directions = np.eye(3) if directions_ras is None else np.asarray(directions_ras, dtype=float)
         return cls(np.asarray(array_kji), _geometry_matrix(np.asarray(spacing), np.asarray(origin_ras), directions),
                    modality)
@@ -133,16 +134,48 @@ def _check_geometry(matrix: np.ndarray) -> None:
         raise InputError("the volume's IJK-to-RAS matrix is not a finite 4x4 matrix")
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     if np.any(spacing <= 0) or abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise InputError(f"the volume's voxel spacing {tuple(np.round(spacing, 4))} mm is zero or degenerate")
+        raise InputError(f"the volume's voxel spacing {format_mm(spacing)} mm is zero or degenerate")
 
 
 def _check_values(array: np.ndarray) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise InputError(f"the volume has {bad} NaN or infinite voxels; fix or mask them before segmenting")
+            raise InputError(non_finite_message(bad))
     if array.min() == array.max():
-        raise InputError(f"the volume is constant (every voxel is {array.flat[0]}); there is nothing to segment")
+        raise InputError(f"the volume is constant (every voxel is {array.flat[0]:g}); there is nothing to segment")
+
+
+def format_mm(values: object) -> str:
+    """`0.98 x 0.98 x 2` for a spacing or size in mm (plain numbers, not numpy reprs)."""
+    return " x ".join(f"{float(v):.4g}" for v in np.ravel(np.asarray(values, dtype=float)))
+
+
+PLAUSIBLE_SPACING_MM = (0.01, 50.0)   # voxel sizes outside this range come from a broken header
+PLAUSIBLE_MAX_ABS = 1e6               # CT is -1024..~30000 HU; MR intensities stay far below this
+LABEL_MAP_MAX_VALUES = 64             # an image with at most this many distinct values is taken for a label map
+
+
+def plausibility_warnings(volume: Volume) -> list[str]:
+    """One line per finding that a volume is probably not the CT/MR image the user meant (the run goes on)."""
+    messages = []
+    spacing = volume.spacing
+    low, high = PLAUSIBLE_SPACING_MM
+    if np.any(spacing < low) or np.any(spacing > high):
+        messages.append(f"voxel spacing {format_mm(spacing)} mm is implausible for a CT or MR scan (expected "
+                        f"{low:g}-{high:g} mm); volumes in mL and the model's input will be wrong: check the header")
+    array = np.asarray(volume.array)
+    sample = array[::2, ::4, ::4] if array.size > 1_000_000 else array
+    finite = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
+    if finite.size and float(np.max(np.abs(finite.astype(np.float64)))) > PLAUSIBLE_MAX_ABS:
+        messages.append(f"intensities reach {float(np.max(np.abs(finite.astype(np.float64)))):.3g}, far outside "
+                        "any CT (HU) or MR range; the image is probably scaled wrongly (rescale slope)")
+    elif finite.size and float(finite.min()) >= 0 and np.all(np.mod(finite, 1) == 0):
+        values = np.unique(finite)
+        if values.size <= LABEL_MAP_MAX_VALUES:
+            messages.append(f"the image holds only {values.size} distinct values ({values.min():g}..{values.max():g}):"
+                            " it looks like a label map or mask, not a CT or MR image; select the image instead")
+    return messages
 
 
 # --------------------------------------------------------------------------- canonical slice view
