@@ -65,9 +65,13 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
 
 
 def load_weights_file(path: Path, what: str) -> Any:
-    """`torch.load(path, map_location="cpu", weights_only=True)` with every failure turned into a `ModelError`."""
+    """`torch.load(path, map_location="cpu", weights_only=True)` with every failure turned into a `ModelError`.
+
+    The messages never repeat torch's own hint to retry with `weights_only=False`: that would run code from the file.
+    """
     if not path.is_file():
         raise ModelError(f"{what} {path} does not exist; check the path or download the model again")
+    _check_weights_container(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -75,8 +79,8 @@ def load_weights_file(path: Path, what: str) -> Any:
             raise ModelError(f"{what} {path} contains executable code (Python objects other than weights) and was not "
                              "loaded; use only model files from a source you trust, in the safe weights format"
                              ) from error
-        raise ModelError(f"{what} {path} is corrupt or not a PyTorch weights file ({_first_line(error)}); "
-                         "download it again") from error
+        raise ModelError(f"{what} {path} is not a weights-only PyTorch file and was not loaded; use a model file "
+                         "saved by AutoMedSAM or by torch.save of a state dict") from error
     except (RuntimeError, EOFError, ValueError, KeyError) as error:
         raise ModelError(f"{what} {path} is truncated or corrupt ({_first_line(error)}); download or save it "
                          "again") from error
@@ -84,9 +88,29 @@ def load_weights_file(path: Path, what: str) -> Any:
         raise ModelError(f"{what} {path} cannot be read ({error.strerror or error}); check its permissions") from error
 
 
+def _check_weights_container(path: Path, what: str) -> None:
+    """Refuse files that are not torch.save's zip container, before torch looks inside (a raw pickle is code)."""
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+    except OSError as error:
+        raise ModelError(f"{what} {path} cannot be read ({error.strerror or error}); check its permissions") from error
+    if magic == b"PK\x03\x04":
+        return
+    if magic[:1] == b"\x80":
+        raise ModelError(f"{what} {path} is a Python pickle, not an AutoMedSAM/PyTorch weights file; it was not "
+                         "loaded, because unpickling can run code: use a model file saved by AutoMedSAM")
+    raise ModelError(f"{what} {path} is truncated or corrupt (not a PyTorch weights file: no zip container); "
+                     "download or save it again")
+
+
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    """The first sentence of an error, without torch's advice to load unsafely."""
+    text = " ".join(str(error).split())
+    sentence = text.split(". ")[0].rstrip(".")
+    if "weights_only" in sentence or not sentence:
+        return type(error).__name__
+    return sentence
 
 
 def state_dict_mismatch(error: BaseException) -> str:
