@@ -16,13 +16,16 @@ OpenVINO is optional (`pip install automedsam[cpu]`): without it the CPU path is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
+import signal
 import threading
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, ModelError
+from .file_checks import native_stderr
 
 if TYPE_CHECKING:
     from .model.lite_medsam import PairDecode
@@ -381,19 +385,52 @@ def _cached_ir(name: str, module: nn.Module, examples: tuple[torch.Tensor, ...],
 
 def convert_module(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> Any:
     """`openvino.Model` of `module` in eval mode via `torch.export` on the CPU; the leading (batch) axis of every
-    input is one shared dynamic size, the other axes are fixed to the examples' sizes."""
+    input is one shared dynamic size, the other axes are fixed to the examples' sizes.
+
+    Ctrl-C during the conversion always reaches the caller as `KeyboardInterrupt` (torch.export may catch it and
+    fail otherwise); what torch and OpenVINO log or print meanwhile is not shown.
+    """
     ov = import_openvino()
 
     was_training = module.training
     device = next(module.parameters()).device
     module.eval().to("cpu")
     try:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        with torch.no_grad():
-            exported = torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
-        model = ov.convert_model(exported)
-        model.reshape({port: ov.PartialShape([-1, *x.shape[1:]]) for port, x in zip(model.inputs, examples,
-                                                                                     strict=True)})
+        with _interruptible_and_quiet():
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            with torch.no_grad():
+                exported = torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
+            model = ov.convert_model(exported)
+            model.reshape({port: ov.PartialShape([-1, *x.shape[1:]]) for port, x in zip(model.inputs, examples,
+                                                                                         strict=True)})
         return model
     finally:
         module.to(device).train(was_training)
+
+
+@contextlib.contextmanager
+def _interruptible_and_quiet() -> Iterator[None]:
+    """Re-raise a Ctrl-C that arrived during the block even if the code inside swallowed it; mute logs and prints."""
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_interrupt(signum: int, frame: object) -> None:
+            interrupted.set()
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), native_stderr([]):
+            warnings.simplefilter("ignore")
+            yield
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        logging.disable(logging.NOTSET)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt

@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import resources
-from .errors import InputError
+from .errors import InputError, ModelError
 from .volume import MODALITIES
 
 GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -296,6 +296,26 @@ class ClassCatalog:
 def default_catalog() -> ClassCatalog:
     """The shipped catalog, loaded once per process."""
     return ClassCatalog.load()
+
+
+def resolve_classes(names: Sequence[str], model_classes: Sequence[str],
+                    catalog: ClassCatalog | None = None) -> list[OrganClass]:
+    """Catalog classes for the names the user gave, checked against a model's class keys (no duplicates).
+
+    Torch-free, so the command line checks the names against the registry before it loads anything.
+    """
+    if not names:
+        raise InputError("no class selected; pick at least one class (see `automedsam classes`)")
+    catalog = catalog or default_catalog()
+    organs: list[OrganClass] = []
+    for name in names:
+        organ = catalog.get(name)
+        if organ.key not in model_classes:
+            known = ", ".join(model_classes) if model_classes else "none (box prompts only)"
+            raise ModelError(f"the model was not trained for {organ.name!r} ({organ.key}); its classes are: {known}")
+        if organ not in organs:
+            organs.append(organ)
+    return organs
 
 
 def read_terminology_context(path: Path) -> tuple[str, frozenset[tuple[str, ...]]]:

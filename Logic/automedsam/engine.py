@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .acceleration import EncoderPlan, autocast_dtype, make_decode, make_encode, plan_encoder
-from .catalog import ClassCatalog, OrganClass, default_catalog
-from .errors import AutoMedSAMError, Cancelled, InputError, ModelError
+from .catalog import ClassCatalog, OrganClass, default_catalog, resolve_classes
+from .errors import AutoMedSAMError, Cancelled, InputError
 from .postprocess import postprocess_labels
 from .preprocess import PreprocessConfig, box_to_model, from_model_output, mask_box, normalize_volume, to_model_input
 from .result import LabelVolume, Segment
@@ -112,7 +112,8 @@ class EngineOptions:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU; asking for an absent GPU falls back to CPU with a warning."""
+    """`auto` picks CUDA, then Apple MPS, then CPU; a device asked for by name that is not there is an `InputError`
+    (a user who asked for the GPU must not wait for a silent CPU run)."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -122,11 +123,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("no CUDA GPU is available; running on the CPU instead")
-        return torch.device("cpu")
+        raise InputError(f"--device {device}: no CUDA GPU is available to PyTorch here (torch {torch.__version__}); "
+                         "use --device auto or cpu, or install a CUDA build of PyTorch that matches the driver")
+    if device.startswith("cuda:") and not (device[5:].isdigit() and int(device[5:]) < torch.cuda.device_count()):
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
+                         "from 0; pick one of them or use --device cuda")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        logger.warning("Apple MPS is not available; running on the CPU instead")
-        return torch.device("cpu")
+        raise InputError("--device mps: Apple MPS is not available here; use --device auto or cpu")
     return torch.device(device)
 
 
@@ -235,12 +238,14 @@ class _Run:
         except Exception as error:  # noqa: BLE001 - any OpenVINO conversion/compile failure: PyTorch still works
             if self.plan.backend != "openvino" or self.options.encoder_backend != "auto":
                 raise
-            self.warn(f"the fast CPU path (OpenVINO) could not prepare the model ({type(error).__name__}: {error}); "
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "no details")
+            self.warn(f"the fast CPU path (OpenVINO) could not prepare the model ({type(error).__name__}: {reason}); "
                       "running in PyTorch instead, which is slower")
             self.plan = plan_encoder(self.device, precision, "torch", self.model)
             self.encode = make_encode(self.model, self.device, self.plan)
             self.pair_decode = None
-        logger.info("running on %s: %s", self.device, self.plan.description)
+        found = " (no GPU found)" if self.options.device == "auto" and self.device.type == "cpu" else ""
+        logger.info("running on %s%s: %s", self.device, found, self.plan.description)
 
     def _cache_key(self) -> str | None:
         if self.options.cache is None:
@@ -364,23 +369,6 @@ def _default_batch_size(device: torch.device) -> int:
     return int(max(1, min(64, free // (256 * 1024**2))))
 
 
-def resolve_classes(names: Sequence[str], model: SegmentationModel,
-                    catalog: ClassCatalog | None = None) -> list[OrganClass]:
-    """Catalog classes for the names the user gave, checked against the model's classes (no duplicates)."""
-    if not names:
-        raise InputError("no class selected; pick at least one class (see `automedsam classes`)")
-    catalog = catalog or default_catalog()
-    organs: list[OrganClass] = []
-    for name in names:
-        organ = catalog.get(name)
-        if organ.key not in model.classes:
-            known = ", ".join(model.classes) if model.classes else "none (box prompts only)"
-            raise ModelError(f"the model was not trained for {organ.name!r} ({organ.key}); its classes are: {known}")
-        if organ not in organs:
-            organs.append(organ)
-    return organs
-
-
 def segment(volume: Volume, classes: Sequence[str], model: SegmentationModel,
             options: EngineOptions | None = None, catalog: ClassCatalog | None = None) -> LabelVolume:
     """Segment `classes` (catalog names) in `volume` with the model's class prompt encoder.
@@ -389,7 +377,7 @@ def segment(volume: Volume, classes: Sequence[str], model: SegmentationModel,
     """
     options = options or EngineOptions()
     volume.validate()
-    organs = resolve_classes(classes, model, catalog)
+    organs = resolve_classes(classes, model.classes, catalog)
     indices = torch.tensor([model.class_index(o.key) for o in organs], dtype=torch.long)
     run = _Run(volume, model, options, [o.label_value for o in organs])
 

@@ -8,14 +8,18 @@ import torch
 from engine_fakes import FakeModel, phantom
 
 from automedsam.engine import EngineOptions, resolve_device, segment
+from automedsam.errors import InputError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_asking_for_an_absent_gpu_falls_back_to_the_cpu():
+def test_asking_for_an_absent_gpu_is_an_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert resolve_device("cuda").type == "cpu"
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(InputError, match="no CUDA GPU is available"):
+            resolve_device(device)
+    assert resolve_device("auto").type == "cpu"
 
 
 @cuda
