@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,13 +21,17 @@ logger = logging.getLogger("automedsam")
 def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("segment", help="segment organ classes (or a box) in a CT/MR volume")
     parser.add_argument("input", type=Path, help="NIfTI, NRRD, MHA file or DICOM series folder")
+    parser.add_argument("--series", default=None, metavar="UID|NUMBER",
+                        help="the DICOM series to segment when the folder holds several: its Series Instance UID, "
+                             "or its number in the list the error shows (for a series without a UID)")
     parser.add_argument("-c", "--class", dest="classes", action="append", default=[], metavar="NAME",
                         help="class to segment (repeatable); with --box, the name of the resulting segment")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output: .seg.nrrd, .nii.gz (+ labels .json), or a folder for DICOM SEG")
     parser.add_argument("--model", default=None, help="model id (see `automedsam models list`) or .automedsam.pt file")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--box", default=None, help="box prompt: two opposite corners R0,A0,S0,R1,A1,S1 in RAS mm")
+    parser.add_argument("--box", default=None, metavar="R0,A0,S0,R1,A1,S1",
+                        help="box prompt: two opposite corners in RAS mm (negative numbers are fine)")
     parser.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
     parser.add_argument("--uncertainty", type=Path, default=None, metavar="OUT",
                         help="also write a per-voxel uncertainty map (.nii.gz or .nrrd)")
@@ -86,9 +91,25 @@ def run_command(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
     return 0
 
 
+VALUE_OPTIONS_WITH_NEGATIVE_NUMBERS = ("--box",)
+
+
+def attach_negative_values(argv: Sequence[str], options: Sequence[str] = VALUE_OPTIONS_WITH_NEGATIVE_NUMBERS
+                           ) -> list[str]:
+    """`--box -80,-60,...` -> `--box=-80,-60,...`: argparse takes a value starting with '-' for an option, and a
+    comma-separated list of negative numbers is exactly what a RAS box looks like."""
+    result: list[str] = []
+    for item in argv:
+        if result and result[-1] in options and re.match(r"-\.?\d", item):
+            result[-1] = f"{result[-1]}={item}"
+        else:
+            result.append(item)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `automedsam` console script."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     from . import commands
 
     handlers = {"segment": commands.run_segment, "classes": commands.run_classes,

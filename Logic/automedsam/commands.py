@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from .catalog import default_catalog
-from .engine import BoxPrompt, EmbeddingCache, EngineOptions, RasBox, segment, segment_boxes
 from .errors import InputError
-from .io import read_input, result_format, write_probability_volume, write_result
-from .loading import load_model
+from .io import check_dicom_seg_sources, read_input, write_probability_volume, write_result
 from .metrics import dice
+from .preflight import SegmentPlan, check_segment_request
 from .registry import ModelRegistry
 from .resources import resource_path
 from .result import LabelVolume
-from .volume import Volume
+from .volume import Volume, plausibility_warnings
 
 DEMO_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
 
@@ -63,32 +60,37 @@ def _download_progress() -> Callable[[int, int], None]:
     return update
 
 
-def _check_output_path(path: Path) -> None:
-    """Fail before the (slow) run when the output folder cannot be created or written."""
-    parent = path if not path.suffix else path.parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"cannot write to {parent}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
-        raise InputError(f"cannot write to {parent}: permission denied; choose another output path")
+def _warn(message: str) -> None:
+    _say(f"warning: {message}")
 
 
 def run_segment(args: argparse.Namespace) -> None:
-    """`automedsam segment`: read, segment by class or box, write the result (and the uncertainty map)."""
-    volume, source_files = read_input(args.input, args.modality)
-    result_format(args.output, source_files)
-    _check_output_path(args.output)
-    if args.uncertainty is not None:
-        _check_output_path(args.uncertainty)
+    """`automedsam segment`: check everything, read, segment by class or box, write the result (and uncertainty).
+
+    Order matters to the user: the torch-free checks first (a mistake is reported in well under a second), then
+    the volume and the DICOM SEG sources, then the device, and only then the slow model load and the run.
+    """
+    plan = check_segment_request(args)
+    for message in plan.warnings:
+        _warn(message)
+    volume, source_files = read_input(args.input, args.modality, args.series, warn=_warn)
+    volume.validate()
+    for message in plausibility_warnings(volume):
+        _warn(message)
+    if plan.output_format == "dicom-seg":
+        check_dicom_seg_sources(volume, source_files)
+    from .engine import EngineOptions, resolve_device
+    from .loading import load_model
+
+    resolve_device(args.device)
+    segment_run = _box_run(volume, args, plan) if plan.box is not None else None
     model = load_model(args.model, download=args.download, progress=_download_progress())
     with _progress_bar("segmenting") as progress:
         options = EngineOptions(device=args.device, batch_size=args.batch_size, postprocess=not args.no_postprocess,
                                 uncertainty_samples=args.samples if args.uncertainty is not None else 0,
                                 precision=args.precision, encoder_backend=args.encoder_backend,
-                                progress=progress, warn=_say)
-        result = _segment(volume, model, args, options)
+                                progress=progress, warn=_warn)
+        result = segment_run(model, options) if segment_run is not None else _class_run(volume, args, model, options)
     written = write_result(result, args.output, source_files)
     if args.uncertainty is not None and result.uncertainty is not None:
         write_probability_volume(volume.with_array(result.uncertainty), args.uncertainty)
@@ -98,28 +100,19 @@ def run_segment(args: argparse.Namespace) -> None:
         _say(f"  {segment_.name}: {voxels * float(np.prod(volume.spacing)) / 1000.0:.1f} mL")
 
 
-def _segment(volume: Volume, model: object, args: argparse.Namespace, options: EngineOptions) -> LabelVolume:
-    if args.box is None:
-        return segment(volume, args.classes, model, options)  # type: ignore[arg-type]
-    if len(args.classes) > 1:
-        raise InputError("--box makes one segment; give at most one -c NAME to name it")
-    if args.uncertainty is not None:
-        raise InputError("--uncertainty needs class prompts; it is not available with --box")
-    corner0, corner1 = _parse_box(args.box)
+def _class_run(volume: Volume, args: argparse.Namespace, model: object, options: object) -> LabelVolume:
+    from .engine import segment
+
+    return segment(volume, args.classes, model, options)  # type: ignore[arg-type]
+
+
+def _box_run(volume: Volume, args: argparse.Namespace, plan: SegmentPlan) -> Callable[[object, object], LabelVolume]:
+    """The box-mode run, with its prompt built (and checked against the volume) before the model is loaded."""
+    from .engine import BoxPrompt, RasBox, segment_boxes
+
     name = args.classes[0] if args.classes else "Segment_1"
-    prompt = BoxPrompt.from_ras(volume, name, RasBox(corner0, corner1))
-    return segment_boxes(volume, [prompt], model, options)  # type: ignore[arg-type]
-
-
-def _parse_box(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """`R0,A0,S0,R1,A1,S1` (two opposite corners, RAS mm) -> two points."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 6:
-        raise InputError(f"--box expects six comma-separated numbers R0,A0,S0,R1,A1,S1 in mm, got {text!r}")
-    return (values[0], values[1], values[2]), (values[3], values[4], values[5])
+    prompt = BoxPrompt.from_ras(volume, name, RasBox(*plan.box))  # type: ignore[misc]
+    return lambda model, options: segment_boxes(volume, [prompt], model, options)  # type: ignore[arg-type]
 
 
 def run_classes(args: argparse.Namespace) -> None:
@@ -176,6 +169,8 @@ def _reference_masks(volume: Volume, keys: tuple[str, ...]) -> dict[str, np.ndar
 
 def run_demo(args: argparse.Namespace) -> None:
     """`automedsam demo`: segment the bundled sample CT; write `.seg.nrrd` + overlay PNG; print Dice."""
+    from .engine import BoxPrompt, EmbeddingCache, EngineOptions, segment, segment_boxes
+    from .loading import load_model
     from .overlay import write_overlay_png
 
     volume, _ = read_input(resource_path("SampleData", "example_ct_sm.nii.gz"), "CT")

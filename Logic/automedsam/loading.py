@@ -6,11 +6,7 @@ from pathlib import Path
 
 from .errors import InputError, ModelError
 from .model import CHECKPOINT_SUFFIX, AutoMedSAM, build_automedsam, load_checkpoint
-from .registry import ModelEntry, ModelRegistry, Progress
-
-
-def _is_path(spec: str) -> bool:
-    return spec.endswith(".pt") or spec.endswith(".pth") or "/" in spec or "\\" in spec or Path(spec).is_file()
+from .registry import ModelEntry, ModelRegistry, Progress, is_model_path
 
 
 def load_model(spec: str | Path | None = None, registry: ModelRegistry | None = None, download: bool = False,
@@ -20,7 +16,7 @@ def load_model(spec: str | Path | None = None, registry: ModelRegistry | None = 
     A user's own checkpoint has no registry checksum; its recorded base model SHA-256 is checked instead.
     """
     registry = registry or ModelRegistry.load()
-    if spec is not None and _is_path(str(spec)):
+    if spec is not None and is_model_path(str(spec)):
         return _load_checkpoint_file(Path(spec), registry, download, progress)
     entry = registry.get(str(spec)) if spec is not None else registry.default()
     return _load_entry(entry, registry, download, progress)

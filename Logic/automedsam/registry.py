@@ -58,6 +58,11 @@ _FILE_KEYS = frozenset({"name", "sha256", "size", "urls", "package", "bundled"})
 _MISSING = object()
 
 
+
+def is_model_path(spec: str) -> bool:
+    """Whether a `--model` value names a checkpoint file rather than a registry id."""
+    return spec.endswith((".pt", ".pth")) or "/" in spec or "\\" in spec or Path(spec).is_file()
+
 @dataclass(frozen=True)
 class PackageFile:
     """A file inside an installed Python package: import name + '/'-separated path below the package folder."""

@@ -109,7 +109,7 @@ def test_cancel_mid_run_writes_nothing_and_keeps_previous_output(phantom_path, t
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "segment_boxes", interrupted)
+    monkeypatch.setattr("automedsam.engine.segment_boxes", interrupted)
     assert cli.main(["segment", str(phantom_path), "--box", _box_args(phantom_path), "-o", str(out)]) == 130
     assert out.read_bytes() == b"previous result"
     assert "nothing was written" in _error_line(capsys)
@@ -117,7 +117,7 @@ def test_cancel_mid_run_writes_nothing_and_keeps_previous_output(phantom_path, t
     def cancelled(*args, **kwargs):
         raise Cancelled("segmentation cancelled; nothing was written")
 
-    monkeypatch.setattr(commands, "segment_boxes", cancelled)
+    monkeypatch.setattr("automedsam.engine.segment_boxes", cancelled)
     assert cli.main(["segment", str(phantom_path), "--box", _box_args(phantom_path), "-o", str(out)]) == 2
     assert out.read_bytes() == b"previous result"
 

@@ -1,0 +1,157 @@
+"""Runs that go on: plausibility warnings (one line each), series choice, file modes, interrupts, quiet fallbacks."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from cli_harness import PREVIOUS, assert_refused, umask, write_image
+from engine_fakes import FakeModel, phantom
+
+from automedsam import acceleration
+from automedsam.engine import EngineOptions, segment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _succeeded(outcome) -> None:
+    assert outcome.code == 0, outcome.err
+    assert not outcome.error_lines and "Traceback" not in outcome.err
+
+
+def test_implausible_spacing_warns_once(workspace):
+    image = write_image(phantom(shape_kji=(6, 40, 48)).array, workspace.folder / "huge.nrrd",
+                        spacing=(1000.0, 1000.0, 1000.0))
+    outcome = workspace.segment("-c", "liver", image=image)
+    _succeeded(outcome)
+    assert len(outcome.warnings) == 1 and "voxel spacing 1000 x 1000 x 1000 mm is implausible" in outcome.warnings[0]
+
+
+def test_a_label_map_given_as_the_image_warns(workspace):
+    labels = np.zeros((6, 40, 48), dtype=np.uint8)
+    labels[:, 10:20, 10:30] = 5
+    labels[:, 25:30, 5:15] = 2
+    outcome = workspace.segment("-c", "liver", image=write_image(labels, workspace.folder / "labels.nii.gz"))
+    _succeeded(outcome)
+    assert len(outcome.warnings) == 1 and "it looks like a label map or mask" in outcome.warnings[0]
+
+
+def test_values_scaled_by_1e30_warn(workspace):
+    scaled = phantom(shape_kji=(6, 40, 48)).array.astype(np.float64) * 1e30
+    outcome = workspace.segment("-c", "liver", image=write_image(scaled, workspace.folder / "scaled.nrrd"))
+    _succeeded(outcome)
+    assert len(outcome.warnings) == 1 and "far outside any CT (HU) or MR range" in outcome.warnings[0]
+
+
+def test_a_real_ct_gets_no_warning(workspace, sample_ct_path):
+    outcome = workspace.segment("-c", "liver", image=sample_ct_path)
+    _succeeded(outcome)
+    assert outcome.warnings == []
+
+
+def test_a_zero_size_box_warns(workspace):
+    volume = phantom(shape_kji=(6, 40, 48))
+    corner = volume.ijk_to_ras @ np.array([10, 10, 2, 1.0])
+    other = volume.ijk_to_ras @ np.array([20, 20, 2, 1.0])
+    box = ",".join(f"{v:.3f}" for v in (*corner[:3], *other[:3]))
+    outcome = workspace.segment("--box", box, "-c", "lesion")
+    _succeeded(outcome)
+    assert len(outcome.warnings) == 1 and "the box has zero size along S" in outcome.warnings[0]
+
+
+def test_a_series_is_chosen_by_number_or_uid(workspace, reference_files: Path):
+    from reference_data import dicom_with_uids
+
+    folder = workspace.folder / "two"
+    shutil.copytree(reference_files / "example_ct_dicom", folder)
+    named = workspace.folder / "named"
+    named.mkdir()
+    for file in dicom_with_uids(sorted(folder.iterdir()), named, "1.2.3.4", "1.2.3.5"):
+        shutil.move(file, folder / f"named_{file.name}")
+    _succeeded(workspace.segment("-c", "liver", "--series", "1.2.3.5", image=folder))
+    _succeeded(workspace.segment("-c", "liver", "--series", "1", image=folder))
+
+
+@pytest.mark.parametrize("name", ["labels.seg.nrrd", "labels.nii.gz"])
+def test_results_honour_the_umask(workspace, name):
+    output = workspace.folder / name
+    _succeeded(workspace.segment("-c", "liver", "--uncertainty", workspace.folder / "u.nii.gz", output=output))
+    expected = 0o666 & ~umask()
+    written = [output, workspace.folder / "u.nii.gz"] + ([workspace.folder / "labels.json"] if "nii" in name else [])
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_demo_output_folder_is_ignored_by_git():
+    assert "automedsam-demo/" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+class InterruptedModel(FakeModel):
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_mid_run_exits_130_and_writes_nothing(workspace, monkeypatch):
+    monkeypatch.setattr("automedsam.loading.load_model", lambda *a, **k: InterruptedModel())
+    outcome = workspace.segment("-c", "liver")
+    assert_refused(outcome, "interrupted; nothing was written", code=130)
+    assert workspace.output.read_bytes() == PREVIOUS
+
+
+class _Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def test_ctrl_c_during_the_openvino_conversion_propagates(monkeypatch):
+    """torch.export may catch the KeyboardInterrupt and fail with another error; the user's Ctrl-C still wins."""
+    pytest.importorskip("openvino")
+
+    def export_that_swallows(*args: object, **kwargs: object) -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        raise RuntimeError("export failed\n" + "torch internal log line\n" * 100)
+
+    monkeypatch.setattr(torch.export, "export", export_that_swallows)
+    with pytest.raises(KeyboardInterrupt):
+        acceleration.convert_module(_Small(), (torch.rand(2, 4),))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_conversion_error_falls_back_with_one_warning_line(monkeypatch):
+    warnings: list[str] = []
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("conversion failed here\n" + "torch internal log line\n" * 100)
+
+    monkeypatch.setattr("automedsam.engine.plan_encoder",
+                        lambda device, precision, backend, model=None: acceleration.EncoderPlan(
+                            "openvino" if backend == "auto" else backend, "fp32"))
+    monkeypatch.setattr("automedsam.engine.make_encode", lambda model, device, plan: (
+        failing() if plan.backend == "openvino" else model.encode))
+    result = segment(phantom(shape_kji=(4, 40, 48)), ["liver"], FakeModel(), EngineOptions(warn=warnings.append))
+    assert result.labels.any()
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "RuntimeError: conversion failed here)" in warnings[0]
+
+
+def test_nifti_without_orientation_warns_but_runs(workspace):
+    image = workspace.folder / "noorient.nii"
+    sitk.WriteImage(phantom(shape_kji=(6, 40, 48)).to_sitk(), str(image))
+    data = bytearray(image.read_bytes())
+    data[252:256] = b"\0\0\0\0"
+    image.write_bytes(bytes(data))
+    outcome = workspace.segment("-c", "liver", image=image)
+    _succeeded(outcome)
+    assert len(outcome.warnings) == 1 and "stores no orientation" in outcome.warnings[0]
