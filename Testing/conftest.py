@@ -21,6 +21,12 @@ def reference_files() -> Path:
 
 
 @pytest.fixture(scope="session")
+def slicerio_data() -> Path:
+    """The installed slicerio package's data: CTChest4.nrrd with its Slicer-made (and an overlapping) .seg.nrrd."""
+    return reference_data.slicerio_data()
+
+
+@pytest.fixture(scope="session")
 def ts_class_map() -> dict[str, dict[int, str]]:
     """TotalSegmentator label value -> name maps (`total`, `total_mr`)."""
     return reference_data.total_class_map()

@@ -1,14 +1,19 @@
-"""Real CT/MR volumes with TotalSegmentator label maps, fetched once into a cache.
+"""Real CT/MR volumes with label maps, fetched once into a cache: the data of the tests and training configs.
 
 The TotalSegmentator 2.18.0 source distribution ships `tests/reference_files/` (Apache-2.0). It is
 fetched with the ordinary package client (`pip download`, from whichever index pip is configured for)
-and unpacked into `$AUTOMEDSAM_TESTDATA` (default `~/.cache/automedsam/testdata`). Run this file as a
-script to fetch ahead of time.
+and unpacked into `$AUTOMEDSAM_TESTDATA` (default `~/.cache/automedsam/testdata`). The installed `slicerio`
+package ships a chest CT (`CTChest4.nrrd`) with a Slicer-made `Segmentation.seg.nrrd`; `chest_case` copies the CT
+into the same cache and imports the segmentation beside it (`automedsam-train import-slicer`), which is where
+`Training/configs/totalsegmentator_reference.json` finds them. Run this file as a script to prepare both ahead of
+time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,6 +22,9 @@ from pathlib import Path
 
 TS_VERSION = "2.18.0"
 SDIST_ROOT = f"totalsegmentator-{TS_VERSION}"
+SLICERIO_FOLDER = "slicerio"
+CHEST_CASE = "ct_chest"
+CHEST_IGNORED = ("tissue",)  # slicerio's generic "Tissue" segment names no organ
 
 
 def cache_dir() -> Path:
@@ -65,8 +73,37 @@ def total_class_map() -> dict[str, dict[int, str]]:
     raise RuntimeError("class_map not found in totalsegmentator/map_to_binary.py")
 
 
-if __name__ == "__main__":
-    print(reference_files())
+def slicerio_data() -> Path:
+    """The `data/` folder of the installed slicerio package (CTChest4.nrrd, Segmentation.seg.nrrd, ...)."""
+    found = importlib.util.find_spec("slicerio")
+    if found is None or not found.origin:
+        raise RuntimeError("slicerio is not installed; install the project's [test] extra")
+    return Path(found.origin).parent / "data"
+
+
+def chest_case() -> tuple[Path, Path]:
+    """(image, label map) of slicerio's chest CT in the cache, importing its Slicer segmentation on first use."""
+    folder = cache_dir() / SLICERIO_FOLDER
+    image, labels = folder / "CTChest4.nrrd", folder / f"{CHEST_CASE}.nrrd"
+    if image.exists() and labels.exists():
+        return image, labels
+    from automedsam_training.slicer_import import SegmentChoices, import_slicer_segmentation
+
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{image.name}.part"
+    shutil.copyfile(slicerio_data() / image.name, partial)
+    os.replace(partial, image)
+    choices = SegmentChoices(ignore=CHEST_IGNORED)
+    import_slicer_segmentation(image, slicerio_data() / "Segmentation.seg.nrrd", folder, CHEST_CASE, CHEST_CASE,
+                               "CT", choices)
+    return image, labels
+
+
+def reference_spec() -> Path:
+    """`Training/configs/totalsegmentator_reference.json`, with every file it names prepared in the cache."""
+    sdist_dir()
+    chest_case()
+    return Path(__file__).resolve().parents[1] / "Training" / "configs" / "totalsegmentator_reference.json"
 
 
 def dicom_with_uids(files: list[Path], folder: Path, study_uid: str, series_uid: str) -> list[Path]:
@@ -84,3 +121,7 @@ def dicom_with_uids(files: list[Path], folder: Path, study_uid: str, series_uid:
         dataset.save_as(folder / Path(file).name)
         copies.append(folder / Path(file).name)
     return copies
+
+
+if __name__ == "__main__":
+    print(reference_spec())

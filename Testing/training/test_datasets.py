@@ -124,6 +124,9 @@ def test_real_dicom_labels_align_in_physical_space(reference_files):
     assert 40 < hu.mean() < 160 and np.median(hu) > 40                 # soft tissue (measured: 89 HU)
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(spec.case("ct_dicom").label)))
     assert dicom.volume.array[raw == 5].mean() < 0                     # array-index alignment would be wrong
-    ct = read_labelled_volume(spec.case("ct_sm"))
+    ct = read_labelled_volume(spec.case("ct"))
     assert 20 < ct.volume.array[ct.class_mask("liver")].mean() < 160
     assert ct.class_mask("vertebrae").sum() == sum(int((ct.labels == v).sum()) for v in range(26, 51))
+    assert ct.class_mask("lung_left").sum() == int(np.isin(ct.labels, [10, 11]).sum()) > 0   # lobes -> whole lung
+    slab = import_totalsegmentator_reference(reference_files, include_ct_sm=True)
+    assert slab.case("ct_sm").patient_id == "ct" and list(slab.patients()) == ["ct", "ct_dicom", "mr_sm"]

@@ -2,6 +2,7 @@
 
     automedsam-train import-nnunet Dataset001_Liver -o liver.json
     automedsam-train import-totalseg totalsegmentator-2.18.0/tests/reference_files -o ts.json
+    automedsam-train import-slicer ct.nrrd ct.seg.nrrd -o chest.json [--append] [--ignore tissue]
     automedsam-train inspect liver.json
     automedsam-train train config.toml --set optim.steps=2000 --set run.output=runs/liver [--resume]
     torchrun --nproc_per_node=4 -m automedsam_training.cli train config.toml
@@ -39,6 +40,32 @@ def _add_import_parsers(commands: argparse._SubParsersAction) -> None:
     totalseg.add_argument("-o", "--output", type=Path, required=True)
     totalseg.add_argument("--separate-vertebrae", action="store_true",
                           help="keep one class per vertebra instead of the single class 'vertebrae'")
+    totalseg.add_argument("--separate-parts", action="store_true",
+                          help="keep lung lobes and single ribs instead of whole lungs and 'ribs'")
+    _add_slicer_parser(commands)
+
+
+def _add_slicer_parser(commands: argparse._SubParsersAction) -> None:
+    slicer = commands.add_parser("import-slicer", help="turn a Slicer segmentation (.seg.nrrd) and its image into "
+                                 "training cases (one per layer of overlapping segments)")
+    slicer.add_argument("image", type=Path, help="the segmented image (file or DICOM folder)")
+    slicer.add_argument("segmentation", type=Path, help="the .seg.nrrd Slicer saved")
+    slicer.add_argument("-o", "--output", type=Path, required=True, help="spec file to write (.json)")
+    slicer.add_argument("--append", action="store_true", help="add the cases to the existing spec --output")
+    slicer.add_argument("--labels-dir", type=Path, default=None,
+                        help="folder for the label maps (default: <spec name>_labels/ beside the spec)")
+    slicer.add_argument("--case-id", default=None, help="case id (default: the file name)")
+    slicer.add_argument("--patient", default=None, help="patient id (default: the case id)")
+    slicer.add_argument("--modality", choices=["CT", "MR"], default=None)
+    slicer.add_argument("--rename", action="append", default=[], metavar="NAME=CLASS",
+                        help="map a segment name to a catalog class, whatever its terminology (repeatable)")
+    slicer.add_argument("--ignore", action="append", default=[], metavar="NAME", help="treat a segment as background")
+    slicer.add_argument("--ignore-unmapped", action="store_true",
+                        help="make segments that map to no class background instead of refusing the file")
+    slicer.add_argument("--merge-vertebrae", action="store_true", help="vertebrae and spine regions -> 'vertebrae'")
+    slicer.add_argument("--whole-parts", action="store_true", help="lung lobes -> whole lungs, single ribs -> 'ribs'")
+    slicer.add_argument("--resample-labels", action="store_true",
+                        help="resample a segmentation on another grid onto the image (nearest neighbour)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import commands
 
     handlers = {"import-nnunet": commands.run_import_nnunet, "import-totalseg": commands.run_import_totalseg,
+                "import-slicer": commands.run_import_slicer,
                 "inspect": commands.run_inspect, "train": commands.run_train, "evaluate": commands.run_evaluate,
                 "export": commands.run_export}
     return run_command(args, handlers[args.command],

@@ -19,6 +19,7 @@ from .config import config_from_dict, load_config
 from .evaluation import evaluate, write_reports
 from .importers import import_nnunet_folder, import_totalsegmentator_reference
 from .modeling import build_training_model, export_model, load_trained_state
+from .slicer_import import SegmentChoices, add_cases, import_slicer_segmentation
 from .spec import load_spec, save_spec
 from .state import STATE_FILE, load_state
 from .trainer import Trainer, training_classes
@@ -37,8 +38,26 @@ def run_import_nnunet(args: argparse.Namespace) -> None:
 
 def run_import_totalseg(args: argparse.Namespace) -> None:
     """`import-totalseg`: TotalSegmentator's reference files -> spec."""
-    spec = import_totalsegmentator_reference(args.folder, merge_vertebrae=not args.separate_vertebrae)
+    spec = import_totalsegmentator_reference(args.folder, merge_vertebrae=not args.separate_vertebrae,
+                                             whole_parts=not args.separate_parts)
     _say(f"wrote {save_spec(spec, args.output)} ({len(spec.cases)} cases)")
+
+
+def run_import_slicer(args: argparse.Namespace) -> None:
+    """`import-slicer`: a Slicer .seg.nrrd + its image -> label maps (one per layer) and spec cases."""
+    output = Path(args.output)
+    existing = load_spec(output, check_files=False) if args.append and output.exists() else None
+    choices = SegmentChoices(parse_pairs(args.rename), tuple(args.ignore), args.ignore_unmapped,
+                             args.merge_vertebrae, args.whole_parts)
+    labels_dir = args.labels_dir or output.with_name(f"{output.name.split('.')[0]}_labels")
+    result = import_slicer_segmentation(args.image, args.segmentation, labels_dir, args.case_id, args.patient,
+                                        args.modality, choices, args.resample_labels)
+    for line in result.listing():
+        _say(line)
+    source = f"Slicer segmentation {Path(args.segmentation).name} of {Path(args.image).name}"
+    spec = add_cases(existing, result.cases, output.name.split(".")[0], source, output.parent.resolve())
+    _say(f"wrote {save_spec(spec, output)} ({len(spec.cases)} cases, {len(spec.patients())} patients, classes: "
+         f"{', '.join(spec.classes())})")
 
 
 def run_inspect(args: argparse.Namespace) -> None:

@@ -3,13 +3,16 @@
 - `import_nnunet_folder`: an nnU-Net v2 raw dataset (`dataset.json` with `channel_names`, `labels` name -> value,
   `file_ending`; `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`) or a Medical Segmentation Decathlon /
   nnU-Net v1 folder (`dataset.json` with `modality`, `labels` value -> name and a `training` list).
-- `import_totalsegmentator_reference`: TotalSegmentator's `tests/reference_files/` (the three cases this project's
-  default model is trained on), with TotalSegmentator's label values for its `total` (CT) and `total_mr` (MR) tasks
-  as recorded in the class catalog.
+- `import_totalsegmentator_reference`: TotalSegmentator's `tests/reference_files/` (three patients: the full
+  abdomen-to-pelvis CT, the DICOM CT, the MR), with TotalSegmentator's label values for its `total` (CT) and
+  `total_mr` (MR) tasks as recorded in the class catalog.
+- `slicer_import.import_slicer_segmentation`: a Slicer `.seg.nrrd` and its image.
 
 Label names are matched to catalog classes by key, display name or synonym (`automedsam classes`); `rename` maps a
 dataset's own names to catalog names, `ignore` makes labels background. `merge_vertebrae` maps every individual
-vertebra label (vertebrae_C1 ... vertebrae_S1) to the one class `vertebrae`.
+vertebra label (vertebrae_C1 ... vertebrae_S1) and vertebral-column region to the one class `vertebrae`;
+`merge_parts` maps lung lobes to the whole left / right lung and single ribs to `ribs`, so that patients
+labelled by part (TotalSegmentator) and as a whole (a Slicer chest segmentation) share classes.
 """
 
 from __future__ import annotations
@@ -27,44 +30,64 @@ from .spec import CaseSpec, DatasetSpec, LabelMap
 VERTEBRA_PREFIX = "vertebrae_"
 MERGED_VERTEBRAE = "vertebrae"
 _MR_CHANNEL_NAMES = ("mr", "mri", "t1", "t2", "t1w", "t2w", "flair", "adc", "dwi", "pd")
-TOTALSEG_CASES = (  # (case id, image, label, TotalSegmentator task, modality)
-    ("ct_sm", "example_ct_sm.nii.gz", "example_seg.nii.gz", "total", "CT"),
-    ("ct_dicom", "example_ct_dicom", "example_seg_dicom.nii.gz", "total", "CT"),
-    ("mr_sm", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr", "MR"),
+SPINE_REGIONS = ("cervical_spine", "thoracic_spine", "lumbar_spine")  # whole vertebral-column segments
+WHOLE_PARTS = {  # part class -> the whole it belongs to
+    "lung_upper_lobe_left": "lung_left", "lung_lower_lobe_left": "lung_left",
+    "lung_upper_lobe_right": "lung_right", "lung_middle_lobe_right": "lung_right",
+    "lung_lower_lobe_right": "lung_right",
+    **{f"rib_{side}_{n}": "ribs" for side in ("left", "right") for n in range(1, 13)},
+}
+# (case id, patient, image, label, TotalSegmentator task, modality). `example_seg_fast_force_split` is the `--fast`
+# model's output, labelled with the `total` class map (its label values agree with example_seg.nii.gz's where the
+# two overlap: Dice 0.89-0.98 for liver, spleen, kidneys, stomach, aorta, IVC, L1).
+TOTALSEG_CASES = (
+    ("ct", "ct", "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz", "total", "CT"),
+    ("ct_dicom", "ct_dicom", "example_ct_dicom", "example_seg_dicom.nii.gz", "total", "CT"),
+    ("mr_sm", "mr_sm", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr", "MR"),
 )
+# Slices 82-111 of `example_ct.nii.gz` (the same voxels; its header repeats the full scan's origin): patient "ct".
+TOTALSEG_CT_SM = ("ct_sm", "ct", "example_ct_sm.nii.gz", "example_seg.nii.gz", "total", "CT")
 
 
 def merge_vertebra_labels(label_map: LabelMap) -> LabelMap:
-    """The map with every `vertebrae_*` class replaced by the single class `vertebrae`."""
-    return {value: MERGED_VERTEBRAE if key and key.startswith(VERTEBRA_PREFIX) else key
+    """The map with every `vertebrae_*` class and vertebral-column region replaced by the single class `vertebrae`."""
+    return {value: MERGED_VERTEBRAE if key and (key.startswith(VERTEBRA_PREFIX) or key in SPINE_REGIONS) else key
             for value, key in label_map.items()}
 
 
-def totalsegmentator_label_map(task: str, merge_vertebrae: bool = False) -> LabelMap:
+def merge_parts(label_map: LabelMap) -> LabelMap:
+    """The map with lung lobes mapped to the whole lung and single ribs to `ribs`."""
+    return {value: WHOLE_PARTS.get(key, key) if key else key for value, key in label_map.items()}
+
+
+def totalsegmentator_label_map(task: str, merge_vertebrae: bool = False, whole_parts: bool = False) -> LabelMap:
     """TotalSegmentator's label value -> catalog key for `task` ("total" or "total_mr"), from the catalog."""
     catalog = default_catalog()
     attribute = {"total": "ts_total", "total_mr": "ts_total_mr"}.get(task)
     if attribute is None:
         raise InputError(f"unknown TotalSegmentator task {task!r}; use 'total' (CT) or 'total_mr' (MR)")
     label_map: LabelMap = {getattr(o, attribute): o.key for o in catalog if getattr(o, attribute) is not None}
-    return merge_vertebra_labels(label_map) if merge_vertebrae else label_map
+    label_map = merge_vertebra_labels(label_map) if merge_vertebrae else label_map
+    return merge_parts(label_map) if whole_parts else label_map
 
 
-def import_totalsegmentator_reference(folder: Path | str, merge_vertebrae: bool = True) -> DatasetSpec:
-    """Spec for TotalSegmentator's reference files: example_ct_sm, example_ct_dicom (DICOM) and example_mr_sm.
+def import_totalsegmentator_reference(folder: Path | str, merge_vertebrae: bool = True, whole_parts: bool = True,
+                                      include_ct_sm: bool = False) -> DatasetSpec:
+    """Spec for TotalSegmentator's reference files: example_ct (full), example_ct_dicom (DICOM), example_mr_sm.
 
-    Each case is a different patient. The labels are TotalSegmentator outputs, not manual ground truth.
+    Three patients. `include_ct_sm` adds example_ct_sm with its own label map as a case of patient "ct" (it is a
+    slab of example_ct). The labels are TotalSegmentator outputs, not manual ground truth.
     """
     folder = Path(folder).expanduser()
-    missing = [name for _, image, label, _, _ in TOTALSEG_CASES for name in (image, label)
-               if not (folder / name).exists()]
+    rows = (*TOTALSEG_CASES, TOTALSEG_CT_SM) if include_ct_sm else TOTALSEG_CASES
+    missing = [name for _, _, image, label, _, _ in rows for name in (image, label) if not (folder / name).exists()]
     if missing:
         raise InputError(f"{folder} is not TotalSegmentator's tests/reference_files folder: {', '.join(missing)} "
                          "missing (get it with `python Testing/reference_data.py`, which runs `pip download "
                          "--no-binary :all: totalsegmentator==2.18.0` and unpacks it)")
     cases = tuple(CaseSpec(id=case_id, image=folder / image, label=folder / label, modality=modality,
-                           patient=case_id, label_map=totalsegmentator_label_map(task, merge_vertebrae))
-                  for case_id, image, label, task, modality in TOTALSEG_CASES)
+                           patient=patient, label_map=totalsegmentator_label_map(task, merge_vertebrae, whole_parts))
+                  for case_id, patient, image, label, task, modality in rows)
     source = ("TotalSegmentator 2.18.0 sdist tests/reference_files (Apache-2.0); labels are TotalSegmentator "
               "outputs (tasks total / total_mr), not manual ground truth")
     return DatasetSpec(name="totalsegmentator-reference", cases=cases, source=source, root=folder)

@@ -12,8 +12,9 @@ A spec is a JSON (or TOML) file::
 
 Images are NIfTI, NRRD, MHA files or DICOM series folders; labels are label-map files. `modality` ("CT"/"MR")
 may be left out when the image is DICOM (its Modality tag) or clearly CT/MR by its intensities. `patient` groups
-cases of one patient (leave-one-patient-out evaluation); it defaults to the case id. Class names are checked
-against the catalog (`automedsam classes`) and stored as catalog keys.
+cases of one patient (leave-one-patient-out evaluation: `DatasetSpec.patients()`); it defaults to the case id. One
+image under two patients is refused, and so is a scan that is a slab of another patient's scan (`patients.py`).
+Class names are checked against the catalog (`automedsam classes`) and stored as catalog keys.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class DatasetSpec:
         present = set().union(*(case.classes() for case in self.cases)) if self.cases else set()
         order = {key: i for i, key in enumerate(default_catalog().keys())}
         return sorted(present, key=lambda key: order.get(key, len(order)))
+
+    def patients(self) -> dict[str, tuple[CaseSpec, ...]]:
+        """Patient id -> that patient's cases, in the order patients first appear (what leave-one-out iterates)."""
+        grouped: dict[str, list[CaseSpec]] = {}
+        for case in self.cases:
+            grouped.setdefault(case.patient_id, []).append(case)
+        return {patient: tuple(cases) for patient, cases in grouped.items()}
 
     def case(self, case_id: str) -> CaseSpec:
         """The case with this id; `InputError` listing the ids otherwise."""
@@ -132,7 +140,12 @@ def load_spec(path: Path | str, check_files: bool = True) -> DatasetSpec:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"dataset spec {path} cannot be parsed: {error}") from error
-    return spec_from_dict(data, path.parent, str(path), check_files)
+    spec = spec_from_dict(data, path.parent, str(path), check_files)
+    if check_files:
+        from .patients import check_patients
+
+        check_patients(spec, str(path))
+    return spec
 
 
 def expand_path(text: str, base: Path) -> Path:
@@ -163,8 +176,20 @@ def spec_from_dict(data: Mapping[str, Any], base: Path, where: str = "dataset sp
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise InputError(f"{where}: case ids {duplicates} appear more than once; give every case its own id")
+    check_shared_images(cases, where)
     return DatasetSpec(name=str(data.get("name") or Path(where).stem), cases=cases, source=str(data.get("source", "")),
                        resample_labels=bool(data.get("resample_labels", False)), root=root)
+
+
+def check_shared_images(cases: tuple[CaseSpec, ...], where: str) -> None:
+    """`InputError` when one image file belongs to cases of two patients (a leave-one-out would see it twice)."""
+    owner: dict[Path, CaseSpec] = {}
+    for case in cases:
+        first = owner.setdefault(case.image, case)
+        if first.patient_id != case.patient_id:
+            raise InputError(f"{where}: cases {first.id!r} (patient {first.patient_id!r}) and {case.id!r} (patient "
+                             f"{case.patient_id!r}) read the same image {case.image}; one scan is one patient: give "
+                             "both cases the same 'patient'")
 
 
 def parse_label_map(raw: Any, catalog: ClassCatalog | None = None, where: str = "label map") -> LabelMap:
