@@ -73,7 +73,7 @@ def program_parser(prog: str, description: str,
 def run_command(args: argparse.Namespace, handler: Callable[[argparse.Namespace], None], interrupted: str) -> int:
     """Run a sub-command as both console scripts do: exit code 0, 2 with one `error:` line for a user error,
     130 with `interrupted` on Ctrl-C, 1 for an internal error (its traceback only with --debug)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_LineHandler()])
     try:
         handler(args)
     except AutoMedSAMError as error:
@@ -105,6 +105,21 @@ def attach_negative_values(argv: Sequence[str], options: Sequence[str] = VALUE_O
         else:
             result.append(item)
     return result
+
+
+class _LineHandler(logging.StreamHandler):
+    """Log records as lines on stderr, written above a progress bar instead of into it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

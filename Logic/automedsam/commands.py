@@ -23,7 +23,10 @@ DEMO_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr)
+    """One line on stderr, above a progress bar if one is showing (never glued to it)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 @contextmanager
