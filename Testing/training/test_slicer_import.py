@@ -181,3 +181,20 @@ def test_other_grids_are_refused_with_the_differences_or_resampled(tmp_path):
                             offset=(4, 0, 0))
     with pytest.raises(InputError, match=r"outside the image \(label value: voxels outside \{1: 16\}\)"):
         import_slicer_segmentation(image, outside, tmp_path / "labels")
+
+
+def test_segmentation_of_old_slicer_one_segment_per_layer(tmp_path):
+    """Slicer before 4.11 wrote segment i as value 1 of layer i, with no Layer or LabelValue field."""
+    import nrrd
+
+    layers = np.zeros((2, 12, 10, 8), np.uint8)
+    layers[0][_box()] = 1
+    layers[1][_box(low=(3, 3, 3), high=(7, 6, 5))] = 1                              # overlaps segment 0
+    header = {"space": "left-posterior-superior", "kinds": ["list", "domain", "domain", "domain"],
+              "space directions": np.vstack([np.full(3, np.nan), np.diag(SPACING)]), "space origin": np.array(ORIGIN),
+              "Segment0_ID": "s0", "Segment0_Name": "liver", "Segment1_ID": "s1", "Segment1_Name": "spleen"}
+    nrrd.write(str(tmp_path / "old.seg.nrrd"), layers, header)
+    result = import_slicer_segmentation(_image(tmp_path / "ct.nrrd"), tmp_path / "old.seg.nrrd", tmp_path / "l")
+    assert [(c.id, c.label_map) for c in result.cases] == [("old_layer0", {1: "liver"}), ("old_layer1", {1: "spleen"})]
+    assert np.array_equal(_labels(result.cases[1]), layers[1].transpose(2, 1, 0))
+

@@ -137,7 +137,17 @@ def read_slicer_segmentation(path: Path) -> dict[str, Any]:
                          "values 0 and above")
     if not data.get("segments"):
         raise InputError(f"{path} holds no segments")
+    _number_old_layers(data)
     return data
+
+
+def _number_old_layers(data: dict[str, Any]) -> None:
+    """Files of Slicer before 4.11 store segment i as value 1 of layer i, without Layer/LabelValue fields."""
+    segments, voxels = data["segments"], data["voxels"]
+    if voxels.ndim == 4 and len(segments) == voxels.shape[0] and not any("layer" in s for s in segments):
+        for index, segment in enumerate(segments):
+            segment.setdefault("labelValue", 1)
+            segment["layer"] = index
 
 
 def map_segments(segments: Sequence[Mapping[str, Any]], where: str, rename: Mapping[str, str],
