@@ -2,17 +2,13 @@
 
 Thin on purpose: the widget binds the `.ui` to a parameter node and turns `automedsam` objects into Qt items;
 everything else (checks, installation, the run, re-run semantics, export) is in the Qt-free `automedsam` package
-(`class_picker`, `slicer_request`, `slicer_install`, `slicer_logic`), tested without the application.
+(`automedsam.slicer`: `class_picker`, `request`, `install`, `logic`), tested without the application.
 """
 
-import contextlib
 import enum
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import slicer
@@ -43,20 +39,21 @@ def _addBundledPackagesToPath() -> None:
 
 _addBundledPackagesToPath()
 
+from AutoMedSAMSlicerLib import ClassTree, SlicerInstallHost, askExportPath, dicomFiles  # noqa: E402
+
 from automedsam.catalog import default_catalog  # noqa: E402 (needs the path above)
-from automedsam.class_picker import (  # noqa: E402
+from automedsam.errors import Cancelled, InputError  # noqa: E402
+from automedsam.registry import ModelRegistry  # noqa: E402
+from automedsam.resources import resource_path  # noqa: E402
+from automedsam.slicer.class_picker import (  # noqa: E402
     default_classes,
     format_classes,
     group_classes,
     parse_classes,
-    region_state,
     set_region,
 )
-from automedsam.errors import Cancelled, InputError  # noqa: E402
-from automedsam.registry import ModelRegistry  # noqa: E402
-from automedsam.resources import resource_path  # noqa: E402
-from automedsam.slicer_install import MINIMUM_PYTHON, DependencyInstaller, ensure_ready  # noqa: E402
-from automedsam.slicer_request import SegmentationRequest, axial_extent, request_problems, volume_problem  # noqa: E402
+from automedsam.slicer.install import MINIMUM_PYTHON, DependencyInstaller, ensure_ready  # noqa: E402
+from automedsam.slicer.request import SegmentationRequest, axial_extent, request_problems, volume_problem  # noqa: E402
 
 SAMPLE_CATEGORY = "AutoMedSAM"
 SAMPLE_NAME = "AutoMedSAMAbdomenCT"
@@ -201,8 +198,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
-        self._fillingTree = False
-        self._groups = []
+        self._classTree = None
         self._shownModel = None
         self._shownVolumeID = None
         self._statusIsProblem = False
@@ -220,6 +216,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "Python {version}.").format(version=sys.version.split()[0])
             return
         self.logic = AutoMedSAMSlicerLogic()
+        self._classTree = ClassTree(self.ui.classTreeWidget)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classSearchBox.connect("textChanged(QString)", self._fillClassTree)
@@ -293,7 +290,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = self.logic.modelDescription(self._shownModel)
             self._fillClassTree()
         else:
-            self._showTickedClasses()
+            self._classTree.showTicked(self._selectedKeys())
         self._updateRegionOfInterestControls()
         self._checkCanApply()
 
@@ -314,46 +311,13 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --------------------------------------------------------------------------------------------- classes
     def _fillClassTree(self, *unused) -> None:
         """Rebuild the class tree: body regions, then the classes that pass the search, modality and model filters."""
-        import qt
-
         if self._parameterNode is None:
             return
         modality = ("all", "CT", "MR")[max(self.ui.modalityFilterComboBox.currentIndex, 0)]
-        self._groups = group_classes(self.logic.catalog, self.logic.modelClasses(self._parameterNode.model),
-                                     modality, self.ui.classSearchBox.text, self.ui.onlyModelClassesCheckBox.checked)
-        tree = self.ui.classTreeWidget
-        self._fillingTree = True
-        tree.clear()
-        for group in self._groups:
-            regionItem = qt.QTreeWidgetItem(tree, [group.title, ""])
-            regionItem.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsSelectable)
-            regionItem.setData(0, qt.Qt.UserRole, group.region)
-            for choice in group.choices:
-                item = qt.QTreeWidgetItem(regionItem, [choice.name, " / ".join(choice.modalities)])
-                flags = qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsSelectable
-                item.setFlags(flags | qt.Qt.ItemIsEnabled if choice.available else flags)
-                item.setData(0, qt.Qt.UserRole, choice.key)
-                if not choice.available:
-                    item.setToolTip(0, _("The selected model was not trained for this class."))
-        tree.expandAll()
-        self._fillingTree = False
-        self._showTickedClasses()
-
-    def _showTickedClasses(self) -> None:
-        """Set the check boxes of the tree from the parameter node's class list."""
-        import qt
-
-        selected = self._selectedKeys()
-        states = {"checked": qt.Qt.Checked, "partial": qt.Qt.PartiallyChecked, "unchecked": qt.Qt.Unchecked}
-        self._fillingTree = True
-        for index, group in enumerate(self._groups):
-            regionItem = self.ui.classTreeWidget.topLevelItem(index)
-            regionItem.setCheckState(0, states[region_state(selected, group)])
-            for row in range(regionItem.childCount()):
-                item = regionItem.child(row)
-                ticked = item.data(0, qt.Qt.UserRole) in selected
-                item.setCheckState(0, qt.Qt.Checked if ticked else qt.Qt.Unchecked)
-        self._fillingTree = False
+        self._classTree.fill(group_classes(self.logic.catalog, self.logic.modelClasses(self._parameterNode.model),
+                                           modality, self.ui.classSearchBox.text,
+                                           self.ui.onlyModelClassesCheckBox.checked))
+        self._classTree.showTicked(self._selectedKeys())
 
     def _selectedKeys(self) -> list:
         """Catalog keys of the ticked classes (an unknown typed name leaves the list as far as it is valid)."""
@@ -364,13 +328,10 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onClassItemChanged(self, item, column) -> None:
         """A class or region was ticked or unticked: update the parameter node's class list."""
-        import qt
-
-        if self._fillingTree or self._parameterNode is None or column != 0:
+        if self._classTree.filling or self._parameterNode is None or column != 0:
             return
-        key, checked = item.data(0, qt.Qt.UserRole), item.checkState(0) != qt.Qt.Unchecked
+        key, checked, group = self._classTree.changedRow(item)
         selected = self._selectedKeys()
-        group = next((g for g in self._groups if g.region == key), None)
         if group is not None:
             selected = set_region(selected, group, checked)
         elif checked and key not in selected:
@@ -381,12 +342,9 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSelectRegionButton(self) -> None:
         """Tick every available class of the body region of the selected row."""
-        item = self.ui.classTreeWidget.currentItem()
-        if item is None or self._parameterNode is None:
-            return
-        regionItem = item.parent() or item
-        group = self._groups[self.ui.classTreeWidget.indexOfTopLevelItem(regionItem)]
-        self._parameterNode.classes = format_classes(set_region(self._selectedKeys(), group, True))
+        group = self._classTree.currentGroup()
+        if group is not None and self._parameterNode is not None:
+            self._parameterNode.classes = format_classes(set_region(self._selectedKeys(), group, True))
 
     def onClearClassesButton(self) -> None:
         """Untick every class."""
@@ -471,18 +429,10 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportButton(self) -> None:
         """Write the output segmentation as it is now (with the user's corrections) in the chosen format."""
-        import qt
-
         parameters = self._parameterNode
         exportFormat = parameters.exportFormat
-        if exportFormat == ExportFormat.DICOM_SEG:
-            path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the DICOM SEG"))
-        else:
-            default = parameters.outputSegmentation.GetName() + exportFormat.value
-            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export segmentation"), default,
-                                                  f"{exportFormat.label()} (*{exportFormat.value})")
-            if path and not path.lower().endswith(exportFormat.value):
-                path += exportFormat.value
+        path = askExportPath(exportFormat.value, exportFormat.label(), parameters.outputSegmentation.GetName(),
+                             folder=exportFormat == ExportFormat.DICOM_SEG)
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
@@ -493,78 +443,6 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # AutoMedSAMSlicerLogic
 #
-
-
-class SlicerInstallHost:
-    """`automedsam.slicer_install.InstallHost` on the running application: its dialogs, SlicerPyTorch and pip."""
-
-    def __init__(self) -> None:
-        self.python_version = tuple(sys.version_info[:2])
-        self.has_pip_ensure = _hasPipEnsure()
-
-    def installed_version(self, distribution: str):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    def importable(self, module: str) -> bool:
-        return importlib.util.find_spec(module) is not None
-
-    def confirm(self, title: str, message: str, details: str) -> bool:
-        return slicer.util.confirmOkCancelDisplay(message, windowTitle=_("AutoMedSAM: {title}").format(title=title),
-                                                  detailedText=details)
-
-    def retry(self, title: str, message: str) -> bool:
-        return slicer.util.confirmRetryCloseDisplay(message, windowTitle=_("AutoMedSAM: {title}").format(title=title))
-
-    def torch_installer(self):
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            return None
-        return PyTorchUtils.PyTorchUtilsLogic()
-
-    def pip_ensure(self, requirements: list, skip_packages: list) -> None:
-        import slicer.packaging
-
-        slicer.packaging.pip_ensure(requirements, skip_packages=skip_packages, prompt_install=False,
-                                    requester="AutoMedSAM")
-
-    def pip_install(self, arguments: str) -> None:
-        slicer.util.pip_install(arguments)
-
-    @contextlib.contextmanager
-    def download_progress(self, title: str):
-        dialog = slicer.util.createProgressDialog(labelText=title, windowTitle=_("AutoMedSAM"), maximum=100)
-
-        def update(done: int, total: int) -> None:
-            dialog.value = int(100 * done / max(total, 1))
-            slicer.app.processEvents()
-            if dialog.wasCanceled:
-                raise Cancelled(_("download cancelled; the partial file is kept and resumes next time"))
-
-        try:
-            yield update
-        finally:
-            dialog.close()
-
-
-def _hasPipEnsure() -> bool:
-    """True on Slicer 5.12+, whose `slicer.packaging` checks and installs requirements."""
-    try:
-        import slicer.packaging
-    except ImportError:
-        return False
-    return hasattr(slicer.packaging, "pip_ensure")
-
-
-def dicomFiles(volumeNode) -> list:
-    """The DICOM files a volume was loaded from (Slicer's DICOM database), for DICOM SEG export."""
-    database = getattr(slicer, "dicomDatabase", None)
-    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-    files = [database.fileForInstance(uid) for uid in uids] if database is not None else []
-    return [Path(file) for file in files if file]
 
 
 class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
@@ -616,15 +494,15 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         return request_problems(self.request(parameters), self.registry, self.catalog)
 
     def segmentationLogic(self):
-        """`automedsam.slicer_logic.SlicerSegmentationLogic`, imported once the Python packages are installed."""
+        """`automedsam.slicer.logic.SceneSegmenter`, imported once the Python packages are installed."""
         if self._segmentationLogic is None:
-            from automedsam.slicer_logic import SlicerSegmentationLogic
+            from automedsam.slicer.logic import SceneSegmenter
 
-            self._segmentationLogic = SlicerSegmentationLogic(dicom_files=dicomFiles)
+            self._segmentationLogic = SceneSegmenter(dicom_files=dicomFiles)
         return self._segmentationLogic
 
     def process(self, parameters, progress=None, cancel=None):
-        """Install what is missing (asking first), then run; returns `automedsam.slicer_logic.SegmentationOutcome`."""
+        """Install what is missing (asking first), then run; returns `automedsam.slicer.logic.SegmentationOutcome`."""
         ensure_ready(SlicerInstallHost(), self.registry, parameters.model)
         return self.segmentationLogic().run(self.request(parameters), progress, cancel)
 

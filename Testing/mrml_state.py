@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from vtkmodules.vtkCommonCore import reference
 
-from automedsam import slicer_bridge
+from automedsam.slicer import bridge as slicer_bridge
 
 
 def tag(segment, name: str) -> str | None:

@@ -36,14 +36,13 @@ from .catalog import Code
 from .errors import InputError, OutputError
 from .file_checks import check_nifti, check_path_text, native_stderr
 from .result import LabelVolume, Segment
+from .segment_tags import CLASS_KEY_TAG, SEGMENT_STATUS
 from .volume import LPS_TO_RAS, MODALITIES, Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 RESULT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii")
 PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 CT_MINIMUM_BELOW = -500.0            # a volume whose minimum is below this (HU) is taken as CT
-CLASS_KEY_TAG = "AutoMedSAM.ClassKey"  # segment tag holding the catalog key (Slicer and .seg.nrrd)
-SEGMENT_STATUS = "inprogress"          # Slicer segment status of an automatic result awaiting review
 DICOM_SEG_FILENAME = "AutoMedSAM-SEG.dcm"
 DICOM_SEG_SERIES_NUMBER = 1001
 _MODALITY_TAG = "0008|0060"

@@ -17,7 +17,7 @@ from vtkmodules.util import numpy_support  # noqa: E402
 from vtkmodules.vtkCommonCore import reference  # noqa: E402
 from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
 
-from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
+from automedsam.slicer import bridge as slicer_bridge  # noqa: E402 (needs slicer)
 
 pytestmark = pytest.mark.slicer
 
@@ -48,7 +48,7 @@ def volume_node(scene, volume: Volume):
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(volume.array.ravel(), deep=True))
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
     node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(slicer_bridge._vtk_matrix(volume.ijk_to_ras))
+    node.SetIJKToRASMatrix(slicer_bridge.vtk_matrix(volume.ijk_to_ras))
     return node
 
 
@@ -78,9 +78,9 @@ def test_seg_nrrd_loads_into_mrml(tmp_path: Path, result: LabelVolume) -> None:
     labelmap = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentation_node, "kidney_right", labelmap, False)
-    matrix = slicer_bridge._vtk_matrix(np.eye(4))
+    matrix = slicer_bridge.vtk_matrix(np.eye(4))
     labelmap.GetImageToWorldMatrix(matrix)
-    np.testing.assert_allclose(slicer_bridge._numpy_matrix(matrix), result.ijk_to_ras, atol=1e-5)   # RAS in MRML
+    np.testing.assert_allclose(slicer_bridge.numpy_matrix(matrix), result.ijk_to_ras, atol=1e-5)   # RAS in MRML
     reference_node = volume_node(scene, result.volume)
     for segment in result.segments:
         mask = slicer_bridge.segment_mask(segmentation_node, segment.key, reference_node)

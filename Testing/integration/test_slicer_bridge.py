@@ -15,7 +15,7 @@ from mrml_state import node_state, tag  # noqa: E402 (needs slicer)
 from vtkmodules.util import numpy_support  # noqa: E402
 from vtkmodules.vtkCommonDataModel import vtkImageData  # noqa: E402
 
-from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
+from automedsam.slicer import bridge as slicer_bridge  # noqa: E402 (needs slicer)
 
 pytestmark = pytest.mark.slicer
 
@@ -48,7 +48,7 @@ def add_volume(scene, array_kji: np.ndarray, ijk_to_ras: np.ndarray, class_name:
     image.GetPointData().SetScalars(scalars)
     node = scene.AddNewNodeByClass(class_name, name)
     node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(slicer_bridge._vtk_matrix(ijk_to_ras))
+    node.SetIJKToRASMatrix(slicer_bridge.vtk_matrix(ijk_to_ras))
     return node
 
 
@@ -81,7 +81,7 @@ def test_volume_from_node_keeps_geometry_and_voxel_order(scene, ct_node) -> None
     for i, j, k in [(0, 0, 0), (7, 0, 0), (0, 6, 0), (0, 0, 5), (3, 4, 2)]:
         assert volume.array[k, j, i] == image.GetScalarComponentAsDouble(i, j, k, 0)
     ras = np.zeros(4)
-    ct_node.GetIJKToRASMatrix(matrix := slicer_bridge._vtk_matrix(np.eye(4)))
+    ct_node.GetIJKToRASMatrix(matrix := slicer_bridge.vtk_matrix(np.eye(4)))
     matrix.MultiplyPoint([3, 4, 2, 1], ras)
     np.testing.assert_allclose(volume.ijk_to_ras @ [3, 4, 2, 1], ras)
     volume.array[0, 0, 0] = 1234                                  # a copy: the node is not changed
@@ -220,7 +220,7 @@ def test_failing_import_leaves_the_node_unchanged(scene, ct_node, monkeypatch: p
 
 def add_linear_transform(scene, matrix: np.ndarray, name: str):
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
-    transform.SetMatrixTransformToParent(slicer_bridge._vtk_matrix(matrix))
+    transform.SetMatrixTransformToParent(slicer_bridge.vtk_matrix(matrix))
     return transform
 
 

@@ -10,7 +10,7 @@ from mrml_nodes import add_volume_node
 def scene():
     """A fresh MRML scene with the node classes Slicer's modules register at startup."""
     slicer = pytest.importorskip("slicer")
-    from automedsam import slicer_bridge
+    from automedsam.slicer import bridge as slicer_bridge
 
     slicer_bridge.register_segmentation_converters()
     scene = slicer.vtkMRMLScene()

@@ -12,7 +12,7 @@ def add_volume_node(scene, volume: Volume, name: str = "CT", class_name: str = "
     from vtkmodules.util import numpy_support
     from vtkmodules.vtkCommonDataModel import vtkImageData
 
-    from automedsam import slicer_bridge
+    from automedsam.slicer import bridge as slicer_bridge
 
     array = np.asarray(volume.array)
     image = vtkImageData()
@@ -22,5 +22,5 @@ def add_volume_node(scene, volume: Volume, name: str = "CT", class_name: str = "
         numpy_support.numpy_to_vtk(np.ascontiguousarray(array).reshape(-1, components), deep=True))
     node = scene.AddNewNodeByClass(class_name, name)
     node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(slicer_bridge._vtk_matrix(volume.ijk_to_ras))
+    node.SetIJKToRASMatrix(slicer_bridge.vtk_matrix(volume.ijk_to_ras))
     return node

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from automedsam.catalog import REGIONS, default_catalog
-from automedsam.class_picker import (
+from automedsam.errors import InputError
+from automedsam.slicer.class_picker import (
     default_classes,
     format_classes,
     group_classes,
@@ -14,7 +15,6 @@ from automedsam.class_picker import (
     region_state,
     set_region,
 )
-from automedsam.errors import InputError
 
 MODEL = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "brain")
 

@@ -17,7 +17,7 @@ import pytest
 
 from automedsam.errors import Cancelled, DependencyError, DownloadError, ModelError
 from automedsam.registry import ModelRegistry, cache_path
-from automedsam.slicer_install import (
+from automedsam.slicer.install import (
     NO_DEPS_REQUIREMENTS,
     PIP_REQUIREMENTS,
     DependencyInstaller,

@@ -26,9 +26,9 @@ import slicerio  # noqa: E402
 from mrml_state import node_state, tag  # noqa: E402 (needs slicer)
 from vtkmodules.vtkCommonCore import vtkStringArray  # noqa: E402
 
-from automedsam import slicer_bridge  # noqa: E402 (needs slicer)
-from automedsam.slicer_logic import UNCERTAINTY_ROLE, SlicerSegmentationLogic, segmentation_result  # noqa: E402
-from automedsam.slicer_request import SegmentationRequest  # noqa: E402
+from automedsam.slicer import bridge as slicer_bridge  # noqa: E402 (needs slicer)
+from automedsam.slicer.logic import UNCERTAINTY_ROLE, SceneSegmenter, segmentation_result  # noqa: E402
+from automedsam.slicer.request import SegmentationRequest  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 SEGMENTATIONS = slicer.vtkSlicerSegmentationsModuleLogic
@@ -40,8 +40,8 @@ def model() -> FakeModel:
 
 
 @pytest.fixture
-def logic(model: FakeModel) -> SlicerSegmentationLogic:
-    return SlicerSegmentationLogic(model_loader=lambda spec: model)
+def logic(model: FakeModel) -> SceneSegmenter:
+    return SceneSegmenter(model_loader=lambda spec: model)
 
 
 def paint(scene, segmentation_node, volume_node, mask: np.ndarray, segment_id: str | None = None,
@@ -229,10 +229,10 @@ class MemoryHungryModel(FakeModel):
 
 def test_out_of_memory_is_a_user_error_and_changes_nothing(scene, ct_node) -> None:
     nodes = scene.GetNumberOfNodes()
-    logic = SlicerSegmentationLogic(model_loader=lambda spec: MemoryHungryModel())
+    logic = SceneSegmenter(model_loader=lambda spec: MemoryHungryModel())
     with pytest.raises(AutoMedSAMError, match="out of memory; close other programs, choose a region of interest"):
         logic.run(SegmentationRequest(ct_node, ("liver",)))
-    oom_on_cpu = SlicerSegmentationLogic(model_loader=lambda spec: FakeModel(oom_above_batch=0))
+    oom_on_cpu = SceneSegmenter(model_loader=lambda spec: FakeModel(oom_above_batch=0))
     with pytest.raises(AutoMedSAMError, match="out of memory on the CPU with batch size 1"):
         oom_on_cpu.run(SegmentationRequest(ct_node, ("liver",), device="cpu"))
     assert scene.GetNumberOfNodes() == nodes
@@ -245,7 +245,7 @@ def test_the_model_is_loaded_once_per_id(ct_node) -> None:
         loaded.append(spec)
         return FakeModel()
 
-    logic = SlicerSegmentationLogic(model_loader=loader)
+    logic = SceneSegmenter(model_loader=loader)
     logic.run(SegmentationRequest(ct_node, ("liver",)))
     logic.run(SegmentationRequest(ct_node, ("spleen",)))
     assert loaded == [None]
@@ -270,7 +270,7 @@ def test_uncertainty_map_is_a_volume_next_to_the_input(scene, study, ct_node, lo
 
 def test_markups_roi_limits_the_result_to_its_box(scene, ct_node, logic) -> None:
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
-    transform.SetMatrixTransformToParent(slicer_bridge._vtk_matrix(np.array(
+    transform.SetMatrixTransformToParent(slicer_bridge.vtk_matrix(np.array(
         [[1, 0, 0, 5.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])))
     ct_node.SetAndObserveTransformNodeID(transform.GetID())
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
@@ -346,7 +346,7 @@ def test_export_dicom_seg_next_to_the_dicom_series(scene, reference_files, tmp_p
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Result")
     slicer_bridge.apply_result(LabelVolume(labels, volume, (Segment("liver", liver.label_value, liver),)),
                                segmentation, node)
-    logic = SlicerSegmentationLogic(model_loader=lambda spec: FakeModel(), dicom_files=lambda n: files)
+    logic = SceneSegmenter(model_loader=lambda spec: FakeModel(), dicom_files=lambda n: files)
     written = logic.export(segmentation, node, tmp_path / "seg")
     dataset = pydicom.dcmread(written)
     assert dataset.Modality == "SEG" and dataset.SegmentSequence[0].SegmentLabel == "Liver"
@@ -372,7 +372,7 @@ def test_real_model_checkpoint_runs_through_the_module_logic(scene, sample_ct_pa
     request = SegmentationRequest(node, ("liver", "spleen"), model=str(checkpoint), device="cpu", fast=True,
                                   axial_range=(float(s_values[14]), float(s_values[15])), uncertainty=True,
                                   uncertainty_samples=2)
-    outcome = SlicerSegmentationLogic().run(request)
+    outcome = SceneSegmenter().run(request)
     segmentation = outcome.segmentation_node.GetSegmentation()
     assert [segmentation.GetSegment(outcome.segment_ids[k]).GetName() for k in ("liver", "spleen")] == \
         ["Liver", "Spleen"]

@@ -20,11 +20,12 @@ from vtkmodules.vtkCommonCore import vtkStringArray
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from .errors import InputError, OutputError
-from .io import CLASS_KEY_TAG, guess_modality
-from .result import LabelVolume, Segment
-from .slicer_request import tagged_segments
-from .volume import MODALITIES, Volume
+from ..errors import InputError, OutputError
+from ..io import guess_modality
+from ..result import LabelVolume, Segment
+from ..segment_tags import CLASS_KEY_TAG
+from ..volume import MODALITIES, Volume
+from .request import is_sequence_proxy, tagged_segments
 
 _LOGIC = slicer.vtkSlicerSegmentationsModuleLogic
 _CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
@@ -73,7 +74,7 @@ def node_ijk_to_ras(node) -> np.ndarray:
     """
     matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
-    ijk_to_ras = _numpy_matrix(matrix)
+    ijk_to_ras = numpy_matrix(matrix)
     extent = node.GetImageData().GetExtent()
     shift = np.eye(4)
     shift[:3, 3] = extent[0::2]
@@ -91,18 +92,9 @@ def _refuse_non_scalar(node) -> None:
     if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode") or components != 1:
         raise InputError(f"'{name}' is a {node.GetClassName()} with {components} components per voxel (RGB, vector "
                          "or multi-volume); select a scalar CT or MR volume")
-    if _is_sequence_proxy(node):
+    if is_sequence_proxy(node):
         raise InputError(f"'{name}' is the current frame of a 4D sequence; select a scalar CT or MR volume "
                          "(to segment this time point, clone the volume first)")
-
-
-def _is_sequence_proxy(node) -> bool:
-    """True if a sequence browser in the node's scene shows its frames through this node."""
-    scene = node.GetScene()
-    if scene is None:
-        return False
-    browsers = scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
-    return any(browsers.GetItemAsObject(i).IsProxyNodeID(node.GetID()) for i in range(browsers.GetNumberOfItems()))
 
 
 # ----------------------------------------------------------------------------------------- result out
@@ -210,9 +202,9 @@ def _import_labels(labels_kji: np.ndarray, segment_ids: list[str], segmentation_
     scene = segmentation_node.GetScene()
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("AutoMedSAM import"))
     try:
-        labelmap.SetAndObserveImageData(_image_data(labels_kji))
+        labelmap.SetAndObserveImageData(image_data(labels_kji))
         volume_to_segmentation = _volume_to_segmentation(reference_volume_node, segmentation_node)
-        labelmap.SetIJKToRASMatrix(_vtk_matrix(volume_to_segmentation @ node_ijk_to_ras(reference_volume_node)))
+        labelmap.SetIJKToRASMatrix(vtk_matrix(volume_to_segmentation @ node_ijk_to_ras(reference_volume_node)))
         labelmap.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
         updated = vtkStringArray()
         for segment_id in segment_ids:
@@ -229,7 +221,7 @@ def _volume_to_segmentation(reference_volume_node, segmentation_node) -> np.ndar
     matrix = vtkMatrix4x4()
     linear = slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
         reference_volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode(), matrix)
-    return _numpy_matrix(matrix) if linear else None
+    return numpy_matrix(matrix) if linear else None
 
 
 def _describe_segment(segment, spec: Segment) -> None:
@@ -268,7 +260,7 @@ def segment_mask(segmentation_node, segment_id: str, reference_volume_node) -> n
     labelmap.GetImageToWorldMatrix(image_to_segmentation)
     index_shift = np.eye(4)
     index_shift[:3, 3] = [-e for e in extent[0::2]]                # labelmap extent coordinates -> array index
-    ijk_map = (index_shift @ np.linalg.inv(_numpy_matrix(image_to_segmentation)) @ volume_to_segmentation
+    ijk_map = (index_shift @ np.linalg.inv(numpy_matrix(image_to_segmentation)) @ volume_to_segmentation
                @ node_ijk_to_ras(reference_volume_node))            # reference (i, j, k) -> labelmap array (i, j, k)
     reverse = np.eye(4)[[2, 1, 0, 3]]
     kji_map = reverse @ ijk_map @ reverse
@@ -293,19 +285,20 @@ def remove_nodes(scene, nodes: list) -> None:
         scene.RemoveNode(node)
 
 
-def _image_data(labels_kji: np.ndarray) -> vtkImageData:
+def image_data(array_kji: np.ndarray, dtype: np.dtype | type | None = None) -> vtkImageData:
+    """vtkImageData (extent from 0) holding a copy of a KJI array, in `dtype` when given."""
     image = vtkImageData()
-    image.SetDimensions(*labels_kji.shape[::-1])
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(labels_kji).ravel(), deep=True)
-    image.GetPointData().SetScalars(scalars)
+    image.SetDimensions(*array_kji.shape[::-1])
+    values = np.ascontiguousarray(array_kji, dtype=dtype).ravel()
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values, deep=True))
     return image
 
 
-def _numpy_matrix(matrix: vtkMatrix4x4) -> np.ndarray:
+def numpy_matrix(matrix: vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _vtk_matrix(array: np.ndarray) -> vtkMatrix4x4:
+def vtk_matrix(array: np.ndarray) -> vtkMatrix4x4:
     matrix = vtkMatrix4x4()
     for row in range(4):
         for column in range(4):

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from .catalog import ClassCatalog, OrganClass, normalized_name
-from .errors import InputError
+from ..catalog import ClassCatalog, OrganClass, normalized_name
+from ..errors import InputError
 
 REGION_TITLES = {
     "head_neck": "Head and neck", "thorax": "Thorax", "abdomen": "Abdomen", "pelvis": "Pelvis",

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from .errors import Cancelled, DependencyError, DownloadError
-from .registry import ModelEntry, ModelFile, ModelRegistry, cache_dir
+from ..errors import Cancelled, DependencyError, DownloadError
+from ..registry import ModelEntry, ModelFile, ModelRegistry, cache_dir
 
 MINIMUM_PYTHON = (3, 10)
 TORCH_REQUIREMENT = "torch>=2.1"

@@ -5,7 +5,7 @@ No Qt. Works on the real MRML library inside 3D Slicer and headless with `slicer
 keeps Slicer responsive by calling `slicer.app.processEvents()` from the per-batch `progress` callback and cancels
 through `cancel`; the engine checks it between batches and nothing is written before the run completes.
 
-Re-run semantics: the classes that ran are replaced in one import (`slicer_bridge.apply_result`), keeping their
+Re-run semantics: the classes that ran are replaced in one import (`bridge.apply_result`), keeping their
 segment IDs; other segments and the user's own segments are not touched. Cancelling, deleting the output node or
 the input volume, closing the scene or any failure leaves the scene exactly as it was (a segmentation node made for
 this run is removed again).
@@ -23,19 +23,20 @@ from typing import Any
 import numpy as np
 import slicer
 import torch
-from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from . import slicer_bridge
-from .catalog import ClassCatalog, OrganClass, default_catalog
+from ..catalog import ClassCatalog, OrganClass, default_catalog
+from ..engine import EmbeddingCache, EngineOptions, ProgressCallback, RasBox, SegmentationModel, segment
+from ..errors import AutoMedSAMError, Cancelled, InputError
+from ..io import write_result
+from ..loading import load_model
+from ..result import LabelVolume, Segment
+from ..segment_tags import CLASS_KEY_TAG
+from ..volume import Volume, canonical_view, ras_box_to_canonical
+from . import bridge
 from .class_picker import parse_classes
-from .engine import EmbeddingCache, EngineOptions, ProgressCallback, RasBox, SegmentationModel, segment
-from .errors import AutoMedSAMError, Cancelled, InputError
-from .io import CLASS_KEY_TAG, write_result
-from .loading import load_model
-from .result import LabelVolume, Segment
-from .slicer_request import (
+from .request import (
     SegmentationRequest,
     class_problem,
     read_tag,
@@ -43,7 +44,6 @@ from .slicer_request import (
     tagged_segments,
     volume_problem,
 )
-from .volume import Volume, canonical_view, ras_box_to_canonical
 
 UNCERTAINTY_ROLE = "AutoMedSAMUncertainty"      # segmentation node -> its uncertainty volume node
 ModelLoader = Callable[[str | None], SegmentationModel]
@@ -72,7 +72,7 @@ class SegmentationOutcome:
         return text
 
 
-class SlicerSegmentationLogic:
+class SceneSegmenter:
     """Runs AutoMedSAM on MRML nodes; one instance per module keeps the loaded model and the last volume's
     image embeddings (in memory), so running other classes on the same volume skips the image encoder."""
 
@@ -135,7 +135,7 @@ class SlicerSegmentationLogic:
         problem = class_problem(tuple(keys), request.model, tuple(model.classes), self.catalog)
         if problem:
             raise InputError(problem)
-        volume = slicer_bridge.volume_from_node(request.volume_node)
+        volume = bridge.volume_from_node(request.volume_node)
         volume.validate()
         return volume, keys, model
 
@@ -160,7 +160,7 @@ class SlicerSegmentationLogic:
     @staticmethod
     def _stop_when(request: SegmentationRequest, cancel: Callable[[], bool] | None) -> Callable[[], bool]:
         def stop() -> bool:
-            return bool(cancel is not None and cancel()) or SlicerSegmentationLogic._vanished(request) is not None
+            return bool(cancel is not None and cancel()) or SceneSegmenter._vanished(request) is not None
         return stop
 
     @staticmethod
@@ -203,15 +203,15 @@ class SlicerSegmentationLogic:
     def _write(self, result: LabelVolume, request: SegmentationRequest, keys: list[str]) -> SegmentationOutcome:
         """Put the result into the output node (made now if there is none); all or nothing."""
         volume_node = request.volume_node
-        uncertainty = _image_data(result.uncertainty) if result.uncertainty is not None else None
+        uncertainty = bridge.image_data(result.uncertainty, np.float32) if result.uncertainty is not None else None
         node, created = request.segmentation_node, request.segmentation_node is None
         if created:
             node = _new_segmentation_node(volume_node)
         try:
-            ids = slicer_bridge.apply_result(result, node, volume_node, replace_keys=keys)
+            ids = bridge.apply_result(result, node, volume_node, replace_keys=keys)
         except BaseException:
             if created:
-                slicer_bridge.remove_nodes(node.GetScene(), [node])
+                bridge.remove_nodes(node.GetScene(), [node])
             raise
         if created:
             place_under_study(node, volume_node)
@@ -233,7 +233,7 @@ class SlicerSegmentationLogic:
             segmentation_node.SetNodeReferenceID(UNCERTAINTY_ROLE, node.GetID())
             place_under_study(node, volume_node)
         node.SetAndObserveImageData(image)
-        node.SetIJKToRASMatrix(slicer_bridge._vtk_matrix(slicer_bridge.node_ijk_to_ras(volume_node)))
+        node.SetIJKToRASMatrix(bridge.vtk_matrix(bridge.node_ijk_to_ras(volume_node)))
         node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
         node.SetAttribute("AutoMedSAM.Source", volume_node.GetID())
         return node
@@ -273,20 +273,11 @@ def roi_box(roi_node: Any, volume_node: Any) -> RasBox:
 def _node_bounds(volume_node: Any) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Lowest and highest RAS corner (mm, node frame) of the volume's voxel edges."""
     dims = volume_node.GetImageData().GetDimensions()
-    ijk_to_ras = slicer_bridge.node_ijk_to_ras(volume_node)
+    ijk_to_ras = bridge.node_ijk_to_ras(volume_node)
     corners = np.array([[i, j, k, 1.0] for i in (-0.5, dims[0] - 0.5) for j in (-0.5, dims[1] - 0.5)
                         for k in (-0.5, dims[2] - 0.5)])
     ras = (ijk_to_ras @ corners.T)[:3]
     return tuple(ras.min(axis=1)), tuple(ras.max(axis=1))  # type: ignore[return-value]
-
-
-def _image_data(array_kji: np.ndarray) -> vtkImageData:
-    """float32 image data (extent from 0) holding a KJI array."""
-    image = vtkImageData()
-    image.SetDimensions(*array_kji.shape[::-1])
-    values = np.ascontiguousarray(array_kji, dtype=np.float32).ravel()
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values, deep=True))
-    return image
 
 
 def _new_segmentation_node(volume_node: Any) -> Any:
@@ -318,7 +309,7 @@ def segmentation_result(segmentation_node: Any, reference_volume_node: Any,
     one value per voxel) and `messages` says how many voxels that changed.
     """
     catalog = catalog or default_catalog()
-    volume = slicer_bridge.volume_from_node(reference_volume_node)
+    volume = bridge.volume_from_node(reference_volume_node)
     segmentation = segmentation_node.GetSegmentation()
     class_ids = {segment_id: key for key, segment_id in tagged_segments(segmentation_node).items()}
     labels = np.zeros(volume.array.shape, dtype=np.uint16)
@@ -330,7 +321,7 @@ def segmentation_result(segmentation_node: Any, reference_volume_node: Any,
                                [s.label_value for s in segments])
         if organ.key in {s.key for s in segments}:              # two segments named alike
             organ = dataclasses.replace(organ, key=f"{organ.key}_{index + 1}")
-        mask = slicer_bridge.segment_mask(segmentation_node, segment_id, reference_volume_node)
+        mask = bridge.segment_mask(segmentation_node, segment_id, reference_volume_node)
         overlap += int(np.count_nonzero(mask & (labels > 0)))
         labels[mask] = organ.label_value
         segments.append(Segment(organ.key, organ.label_value, organ))

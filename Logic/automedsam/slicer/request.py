@@ -1,7 +1,7 @@
 """What the Slicer module asks the logic to do, and every reason it cannot be done yet, checked without running.
 
 Imports neither torch nor Qt nor `slicer` (node objects are used through their own methods), so the module's
-Apply button can be checked before the Python dependencies are installed. `automedsam.slicer_logic` runs a
+Apply button can be checked before the Python dependencies are installed. `automedsam.slicer.logic` runs a
 `SegmentationRequest`; `request_problems` is what the module shows while Apply is disabled.
 """
 
@@ -14,14 +14,14 @@ import numpy as np
 from vtkmodules.vtkCommonCore import reference
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from .catalog import ClassCatalog
+from ..catalog import ClassCatalog
+from ..errors import AutoMedSAMError, InputError
+from ..registry import ModelRegistry
+from ..segment_tags import CLASS_KEY_TAG
 from .class_picker import parse_classes
-from .errors import AutoMedSAMError, InputError
-from .registry import ModelRegistry
 
 BINARY_LABELMAP = "Binary labelmap"
 DEVICES = ("auto", "cuda", "cpu")
-CLASS_KEY_TAG = "AutoMedSAM.ClassKey"   # = automedsam.io.CLASS_KEY_TAG (io needs slicerio, not installed yet here)
 STATUS_TAG = "Segmentation.Status"      # Slicer's segment status tag ("inprogress", "completed", ...)
 
 

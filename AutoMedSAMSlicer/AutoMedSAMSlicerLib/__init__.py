@@ -1,0 +1,8 @@
+"""Qt and application helpers of the AutoMedSAM module, kept out of the module file so that it stays a thin wiring
+of the `.ui`, the parameter node and `automedsam` (as SlicerNNUnet's `SlicerNNUNetLib` does)."""
+
+from .ClassTree import ClassTree
+from .ExportDialog import askExportPath
+from .InstallHost import SlicerInstallHost, dicomFiles
+
+__all__ = ["ClassTree", "SlicerInstallHost", "askExportPath", "dicomFiles"]
