@@ -17,6 +17,7 @@ from .class_prompt import (
     PromptEmbeddings,
     build_class_prompt_encoder,
 )
+from .class_prompt_anatomy import AnatomyClassPromptEncoder
 from .class_prompt_official import OfficialClassPromptEncoder
 from .lite_medsam import (
     LITE_MEDSAM_SHA256,
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_PREPROCESSING",
     "LITE_MEDSAM_SHA256",
     "LITE_MEDSAM_SIZE",
+    "AnatomyClassPromptEncoder",
     "AutoMedSAM",
     "BoxOutput",
     "ClassOutput",

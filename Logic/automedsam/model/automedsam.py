@@ -21,7 +21,6 @@ from ..errors import ModelError
 from .checkpoint import load_checkpoint, restore_class_prompt_encoder, state_dict_mismatch
 from .class_prompt import (
     ClassPromptConfig,
-    ClassPromptEncoder,
     ClassPromptModule,
     PromptEmbeddings,
     build_class_prompt_encoder,
@@ -105,7 +104,7 @@ class AutoMedSAM(LiteMedSAM):
         """
         config = replace(config or ClassPromptConfig(), num_classes=len(classes))
         encoder = build_class_prompt_encoder(config)
-        if isinstance(encoder, ClassPromptEncoder):
+        if hasattr(encoder, "init_dense_bias"):
             encoder.init_dense_bias(self.prompt_encoder.no_mask_embed.weight.detach().cpu())
         self.attach_class_prompt_encoder(encoder, classes)
         return encoder
@@ -142,7 +141,8 @@ class AutoMedSAM(LiteMedSAM):
         gets anyway, for a fraction of the work (most classes are absent from most slices). `decoder` replaces the
         PyTorch mask decoder (e.g. the OpenVINO one). With `noise_samples` = N > 0 the class prompt encoder also
         draws N seeded noise samples (its shared work is reused) and `probability_std` is the per-pixel population
-        std of their sigmoid(logits).
+        std of their sigmoid(logits); a deterministic encoder (`stochastic = False`) gives sqrt(p (1 - p)) of the
+        mask probability p instead.
         """
         encoder = self._require_class_prompt_encoder()
         b, c = embeddings.shape[0], class_indices.shape[0]
@@ -164,7 +164,11 @@ class AutoMedSAM(LiteMedSAM):
         std = None
         if noise_samples > 0:
             std = torch.zeros_like(logits, dtype=torch.float32)
-            std[pairs] = self._sample_std(encoder, selected, images, noise_samples, decoder)
+            if encoder.stochastic:
+                std[pairs] = self._sample_std(encoder, selected, images, noise_samples, decoder)
+            else:   # a deterministic prompt: the Bernoulli std sqrt(p (1 - p)) of the mask probability
+                probabilities = torch.sigmoid(logits[pairs].float())
+                std[pairs] = (probabilities * (1.0 - probabilities)).sqrt()
             std = std.view(b, c, *std.shape[-2:])
         return ClassOutput(logits.view(b, c, *logits.shape[-2:]), presence, std)
 

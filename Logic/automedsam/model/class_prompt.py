@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError, ModelError
 
-VARIANTS = ("automedsam", "official")
+VARIANTS = ("automedsam", "official", "anatomy")
 _SCHEDULE_OFFSET = 0.008   # cosine schedule offset s (Nichol & Dhariwal)
 _MIN_TRAIN_TIME = 1e-3     # training times are drawn from [_MIN_TRAIN_TIME, 1]
 
@@ -45,7 +45,8 @@ _MIN_TRAIN_TIME = 1e-3     # training times are drawn from [_MIN_TRAIN_TIME, 1]
 class ClassPromptConfig:
     """Hyper-parameters of a class prompt encoder; stored in checkpoints as a plain dict (`to_dict`)."""
 
-    variant: str = "automedsam"       # "automedsam" (this design) or "official" (AutoPromptMedSAM's architecture)
+    variant: str = "automedsam"       # "automedsam" (box-prompt imitation), "official" (AutoPromptMedSAM's
+                                      # architecture) or "anatomy" (translation-equivariant, mask-trained)
     num_classes: int = 1              # size of the class set (the checkpoint's class list gives their keys)
     prompt_dim: int = 256             # SAM prompt / image embedding channels
     grid_size: int = 64               # image embedding is (prompt_dim, grid_size, grid_size)
@@ -60,6 +61,7 @@ class ClassPromptConfig:
     latent_scale: float = 0.7         # sparse tokens / latent_scale = latent; LiteMedSAM box tokens have std 0.72
     sample_seed: int = 0              # seed of noise sample n is sample_seed + n
     official_timesteps: int = 100     # "official" variant: forward noise steps T
+    trunk_depth: int = 4              # "anatomy" variant: dilated residual blocks of the trunk
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -123,6 +125,7 @@ class ClassPromptModule(nn.Module):
     """
 
     config: ClassPromptConfig
+    stochastic = True   # noise samples differ (False: `AutoMedSAM` derives uncertainty from mask probabilities)
 
     def condition(self, embeddings: torch.Tensor, class_indices: torch.Tensor) -> Any:
         """Embeddings (B, 256, 64, 64) and class indices (C,) -> variant-specific conditioning."""
@@ -484,4 +487,8 @@ def build_class_prompt_encoder(config: ClassPromptConfig) -> ClassPromptModule:
         from .class_prompt_official import OfficialClassPromptEncoder  # the variant module builds on this one
 
         return OfficialClassPromptEncoder(config)
+    if config.variant == "anatomy":
+        from .class_prompt_anatomy import AnatomyClassPromptEncoder
+
+        return AnatomyClassPromptEncoder(config)
     return ClassPromptEncoder(config)

@@ -1,0 +1,167 @@
+"""Anatomy class prompt encoder (`variant="anatomy"`): finds a class by what the image shows around it, not where.
+
+The first design (`variant="automedsam"`) imitated SAM's box prompt, whose tokens encode absolute corner coordinates,
+and learned where organs sat in its few training images. Here every path that localises is translation-equivariant
+(convolutions, softmax attention pooling), nothing regresses coordinates, and the prompt is trained only through the
+frozen mask decoder's mask. See `docs/model-card.md` for the leave-one-patient-out comparison.
+
+- Trunk, once per slice: a 1x1 conv 256 -> h, then residual 3x3 blocks with dilations 1, 2, 4, 8, ... (GroupNorm,
+  GELU); four blocks see about half the 64 x 64 grid, so a class is recognised relative to the body (spine, organs).
+- Presence, for every class at once and cheaply (so training can cover every class on every slice): a query per
+  class attends over the trunk features (softmax over space); an MLP of the pooled vector and the best attention
+  logit gives one logit per (slice, class).
+- Per (slice, class) pair, batched over pairs and run only for pairs that are decoded: FiLM of a 1x1 projection of
+  the trunk by a learned class embedding, two residual 3x3 blocks (the second dilated) -> class features f;
+  dense prompt = zero-initialised 1x1 conv of f + SAM's "no mask" embedding; 2 sparse tokens = linear(class
+  embedding) + linear(softmax-attention-pooled f), one attention map per token.
+
+Inference is deterministic and has no noise samples (`stochastic = False`); `AutoMedSAM` derives uncertainty from
+the mask probabilities instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional alias)
+from torch import nn
+
+from ..errors import InputError
+from .class_prompt import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings, combine_losses
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(32, channels)
+
+
+class DilatedBlock(nn.Module):
+    """GroupNorm-GELU-Conv3x3 (dilated) twice with a residual connection; shape preserving."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W)."""
+        h = self.conv1(F.gelu(self.norm1(x)))
+        return x + self.conv2(F.gelu(self.norm2(h)))
+
+
+class AnatomyCondition(NamedTuple):
+    """Work shared by a slice's classes: the trunk per slice, presence per pair, and which pairs to prompt."""
+
+    batch: tuple[int, int]          # (B, C) of the prompts this condition gives
+    trunk: torch.Tensor             # (B0, trunk_channels, 64, 64), one per encoded slice
+    pair_slices: torch.Tensor       # (B*C,) trunk row of each pair, b-major
+    pair_classes: torch.Tensor      # (B*C,) class index of each pair
+    presence_logits: torch.Tensor   # (B, C)
+
+
+class AnatomyClassPromptEncoder(ClassPromptModule):
+    """See the module docstring; configured by `ClassPromptConfig` (`trunk_channels`, `trunk_depth`,
+    `head_channels`, `class_dim`, `token_dim`)."""
+
+    stochastic = False
+
+    def __init__(self, config: ClassPromptConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, head, dim = config.trunk_channels, config.head_channels, config.token_dim
+        self.class_embedding = nn.Embedding(config.num_classes, config.class_dim)
+        self.stem = nn.Conv2d(config.prompt_dim, width, 1)
+        self.trunk = nn.Sequential(*(DilatedBlock(width, 2 ** (i % 4)) for i in range(config.trunk_depth)))
+        self.trunk_norm = nn.GroupNorm(_groups(width), width)
+        self.presence_query = nn.Linear(config.class_dim, dim)
+        self.presence_key = nn.Conv2d(width, dim, 1)
+        self.presence_value = nn.Conv2d(width, dim, 1)
+        self.presence_head = nn.Sequential(nn.Linear(dim + config.class_dim + 1, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.project = nn.Conv2d(width, head, 1)
+        self.film = nn.Linear(config.class_dim, 2 * head)
+        self.blocks = nn.Sequential(DilatedBlock(head, 1), DilatedBlock(head, 2))
+        self.out_norm = nn.GroupNorm(_groups(head), head)
+        self.token_attention = nn.Conv2d(head, 2, 1)
+        self.token_from_class = nn.Linear(config.class_dim, 2 * config.prompt_dim)
+        self.token_from_pool = nn.Linear(head, config.prompt_dim)
+        self.dense_out = nn.Conv2d(head, config.prompt_dim, 1)
+        self.dense_bias = nn.Parameter(torch.zeros(config.prompt_dim))
+        nn.init.zeros_(self.dense_out.weight)
+        nn.init.zeros_(self.dense_out.bias)
+
+    def init_dense_bias(self, no_mask_embedding: torch.Tensor) -> None:
+        """Start the dense output at SAM's "no mask" embedding (256,)."""
+        with torch.no_grad():
+            self.dense_bias.copy_(no_mask_embedding.reshape(-1))
+
+    def condition(self, embeddings: torch.Tensor, class_indices: torch.Tensor) -> AnatomyCondition:
+        """(B, 256, 64, 64), (C,) -> trunk once per slice and presence of every (slice, class) pair."""
+        self._check_inputs(embeddings, class_indices)
+        b, c = embeddings.shape[0], class_indices.shape[0]
+        trunk = F.gelu(self.trunk_norm(self.trunk(self.stem(embeddings))))
+        presence = self.presence(trunk, class_indices)
+        slices = torch.arange(b, device=embeddings.device).repeat_interleave(c)
+        classes = class_indices.to(embeddings.device).repeat(b)
+        return AnatomyCondition((b, c), trunk, slices, classes, presence)
+
+    def presence(self, trunk: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
+        """Trunk features (B, h, G, G), classes (C,) -> presence logits (B, C) by per-class attention pooling."""
+        codes = self.class_embedding(class_indices)                               # (C, class_dim)
+        query = self.presence_query(codes)                                        # (C, d)
+        keys = self.presence_key(trunk).flatten(2)                                # (B, d, G*G)
+        values = self.presence_value(trunk).flatten(2)                            # (B, d, G*G)
+        logits = torch.einsum("cd,bdn->bcn", query, keys) / math.sqrt(query.shape[-1])
+        pooled = torch.einsum("bcn,bdn->bcd", logits.softmax(dim=-1), values)     # (B, C, d)
+        best = logits.amax(dim=-1, keepdim=True)                                  # (B, C, 1)
+        features = torch.cat([pooled, codes[None].expand(trunk.shape[0], -1, -1).to(pooled), best], dim=-1)
+        return self.presence_head(features).squeeze(-1)
+
+    def presence_before_prompts(self, condition: AnatomyCondition) -> torch.Tensor:
+        """Presence is known from the trunk, before any prompt is made."""
+        return condition.presence_logits
+
+    def select(self, condition: AnatomyCondition, pairs: torch.Tensor) -> AnatomyCondition:
+        """Only the flat (b-major) pairs `pairs`, as (len(pairs), 1) pairs sharing the trunk."""
+        pairs = pairs.to(condition.pair_slices.device)
+        return AnatomyCondition((len(pairs), 1), condition.trunk, condition.pair_slices[pairs],
+                                condition.pair_classes[pairs], condition.presence_logits.flatten()[pairs, None])
+
+    def prompts(self, condition: AnatomyCondition, sample: int | None = None) -> PromptEmbeddings:
+        """Class heads on every pair of the condition -> (B, C, ...) prompts; `sample` is ignored (no noise)."""
+        b, c = condition.batch
+        codes = self.class_embedding(condition.pair_classes)                      # (N, class_dim)
+        gamma, beta = self.film(codes)[:, :, None, None].chunk(2, dim=1)
+        projected = self.project(condition.trunk)[condition.pair_slices]          # (N, head, G, G)
+        features = self.blocks(projected * (1 + gamma) + beta)
+        features = F.gelu(self.out_norm(features))
+        attention = self.token_attention(features).flatten(2).softmax(dim=-1)    # (N, 2, G*G)
+        pooled = torch.einsum("ntg,nhg->nth", attention, features.flatten(2))     # (N, 2, head)
+        sparse = self.token_from_class(codes).unflatten(-1, (2, -1)) + self.token_from_pool(pooled)
+        dense = self.dense_out(features) + self.dense_bias[None, :, None, None].to(features.dtype)
+        return PromptEmbeddings(sparse.unflatten(0, (b, c)), dense.unflatten(0, (b, c)), condition.presence_logits)
+
+    def condition_loss(self, condition: AnatomyCondition, target_sparse: torch.Tensor, target_dense: torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       present: torch.Tensor | None = None) -> DenoisingLoss:
+        """No denoiser: the sparse term is the distance of the prompts to the box prompt (for an optional
+        distillation weight), the dense term likewise; presence BCE as in the other variants."""
+        prompts = self.prompts(condition)
+        sparse_error = (prompts.sparse - target_sparse.to(prompts.sparse)).pow(2).mean(dim=(2, 3)).float()
+        return combine_losses(sparse_error, prompts, target_dense, present)
+
+    def extend_classes(self, count: int) -> range:
+        """Append `count` class embeddings (N(0, 1) like a fresh table), keeping the existing rows unchanged."""
+        if count < 1:
+            raise InputError(f"the number of classes to add must be positive, got {count}")
+        old = self.class_embedding.weight
+        table = nn.Embedding(old.shape[0] + count, old.shape[1]).to(old.device, old.dtype)
+        with torch.no_grad():
+            table.weight[: old.shape[0]] = old
+        table.weight.requires_grad_(old.requires_grad)
+        self.class_embedding = table
+        self.config = replace(self.config, num_classes=old.shape[0] + count)
+        return range(old.shape[0], old.shape[0] + count)
