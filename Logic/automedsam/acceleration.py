@@ -4,12 +4,12 @@ Why (measured, docs/benchmarks.md): on a CPU, PyTorch eager runs the TinyViT enc
 layout copies on 256 x 256 x 256 activations dominate), far from the cores' peak. OpenVINO fuses those into its
 kernels and, on CPUs with AMX-BF16 / avx512_bf16, computes in bfloat16 on the matrix units. The OpenVINO models are
 converted from OUR modules (`torch.export` -> `openvino.convert_model`, batch size dynamic): the image encoder and,
-on the same plan, SAM's mask decoder (fp32: 1.3x faster than PyTorch, same masks; bf16 on CPUs with native bf16:
-2.2x, class masks at Dice >= 0.993 of fp32's on four real scans, where bf16 embeddings gave 0.77-0.99). Their IR is
-cached on disk under `<AUTOMEDSAM_HOME>/openvino/`, keyed by the weights, the export revision and the library
-versions, so a conversion (~10-40 s) is paid once per machine. The class prompt encoder stays in PyTorch fp32
-(OpenVINO gained 20 % there, not worth a third converted model). On GPUs everything runs in PyTorch, the encoder
-under autocast (bf16 where supported, else fp16).
+on the same plan, SAM's mask decoder (fp32: faster than PyTorch with the same masks; bf16 on CPUs with native bf16:
+faster again with the class masks kept, where bf16 *embeddings* moved whole organs). Their IR is cached on disk under
+`<AUTOMEDSAM_HOME>/openvino/`, keyed by the weights, the export revision and the library versions, so a conversion
+(tens of seconds) is paid once per machine. The class prompt encoder stays in PyTorch fp32 (a third converted model
+gained too little). On GPUs everything runs in PyTorch, the encoder under autocast (bf16 where supported, else fp16).
+Every figure behind these choices is in docs/benchmarks.md.
 
 OpenVINO is optional (`pip install automedsam[cpu]`): without it the CPU path is PyTorch eager.
 """
@@ -134,7 +134,7 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
     """Choose backend and precision for `device`; "auto" picks the fastest path that kept the masks (see docs).
 
     auto precision: GPU -> bf16 (fp16 where bf16 is unsupported), the design's AMP; CPU and Apple MPS -> fp32, because
-    bf16 embeddings moved class-prompt masks below Dice 0.99 (right kidney 0.77 on a real CT). auto backend: OpenVINO on
+    bf16 embeddings moved class-prompt masks on real scans (docs/benchmarks.md). auto backend: OpenVINO on
     the CPU when it is installed and the model has our TinyViT encoder (fp32 there is exact and faster than eager);
     its mask decoder then runs in bf16 where the CPU has native bf16 and fp32 was not asked for explicitly.
     """
@@ -163,8 +163,8 @@ def plan_encoder(device: torch.device, precision: str = "auto", backend: str = "
 def _decoder_precision(requested: str, backend: str) -> str:
     """The OpenVINO decoder's precision: bf16 where the CPU computes it natively, unless fp32 was asked for.
 
-    bf16 decoding kept every class's masks at Dice >= 0.993 vs fp32 on four real scans (bf16 *embeddings* did not:
-    0.77 at worst), and it is 1.7x faster than fp32 there; emulated bf16 (no avx512_bf16 / AMX) would be slower.
+    bf16 decoding kept every class's masks vs fp32 on four real scans (bf16 *embeddings* did not) and is faster there
+    (docs/benchmarks.md); emulated bf16 (no avx512_bf16 / AMX) would be slower.
     """
     if backend != "openvino" or requested == "fp32":
         return "fp32"
@@ -194,8 +194,8 @@ def make_encode(model: Any, device: torch.device, plan: EncoderPlan) -> Encode:
 
 
 def make_decode(model: Any, device: torch.device, plan: EncoderPlan) -> PairDecode | None:
-    """The mask decoder for (embedding, prompt) pairs as `plan` says: OpenVINO when the encoder runs there (fp32:
-    1.3x faster than PyTorch, same masks; bf16: 2.2x), else None (the model's own PyTorch decoder)."""
+    """The mask decoder for (embedding, prompt) pairs as `plan` says: OpenVINO when the encoder runs there (faster
+    than PyTorch, same masks), else None (the model's own PyTorch decoder)."""
     if plan.backend != "openvino" or device.type != "cpu" or not _has_paired_decoder(model):
         return None
     return openvino_decoder(model, plan.decoder_precision)

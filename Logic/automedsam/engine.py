@@ -1,6 +1,6 @@
 """Slice-by-slice inference: one image encoding per slice, shared by every class (or box) prompt.
 
-Data flow (DESIGN.md section 3): `Volume` -> `canonical_view` -> `normalize_volume` -> batches of slices ->
+Data flow (docs/architecture.md): `Volume` -> `canonical_view` -> `normalize_volume` -> batches of slices ->
 `to_model_input` -> image encoder (or the embedding cache) -> class prompt encoder for all classes at once -> mask
 decoder for the (slice, class) pairs whose presence passes (or box prompts) -> `from_model_output` -> per voxel the
 most probable class above threshold -> post-processing -> inverse canonical view -> `LabelVolume` on the input grid.
@@ -26,7 +26,7 @@ from .catalog import ClassCatalog, OrganClass, default_catalog, resolve_classes
 from .errors import AutoMedSAMError, Cancelled, InputError
 from .postprocess import postprocess_labels
 from .preprocess import PreprocessConfig, box_to_model, from_model_output, mask_box, normalize_volume, to_model_input
-from .result import LabelVolume, Segment
+from .result import LabelVolume, Segment, label_dtype
 from .volume import CanonicalView, Volume, canonical_view, ras_box_to_canonical
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class _Run:
         config = PreprocessConfig.from_dict(self.model.preprocessing)
         self.config = config
         self.normalized = normalize_volume(self.view.apply(self.volume.array), self.volume.modality, config)
-        dtype = np.uint8 if max(self.label_values, default=0) <= 255 else np.uint16
+        dtype = label_dtype(max(self.label_values, default=0))
         self.labels = np.zeros(self.normalized.shape, dtype=dtype)
         if self.options.uncertainty_samples > 0:
             self.uncertainty = np.zeros(self.normalized.shape, dtype=np.float32)

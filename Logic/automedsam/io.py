@@ -35,7 +35,7 @@ from . import __version__
 from .catalog import Code
 from .errors import InputError, OutputError
 from .file_checks import check_nifti, check_path_text, native_stderr
-from .result import LabelVolume, Segment
+from .result import LabelVolume, Segment, label_dtype
 from .segment_tags import CLASS_KEY_TAG, SEGMENT_STATUS
 from .volume import LPS_TO_RAS, MODALITIES, Volume
 
@@ -313,7 +313,7 @@ def _check_result(result: LabelVolume) -> None:
 def _clean_labels(result: LabelVolume) -> np.ndarray:
     """The label map (KJI) with values of no segment set to 0, as uint8 when it fits, else uint16."""
     values = [segment.label_value for segment in result.segments]
-    dtype = np.uint8 if max(values, default=0) <= 255 else np.uint16
+    dtype = label_dtype(max(values, default=0))
     labels = np.asarray(result.labels)
     return np.where(np.isin(labels, values), labels, 0).astype(dtype)
 

@@ -10,6 +10,10 @@ from .catalog import OrganClass
 from .volume import Volume
 
 
+def label_dtype(max_label_value: int) -> type:
+    """uint8 when every label value fits (Slicer and NIfTI readers expect it), else uint16 (up to 65535)."""
+    return np.uint8 if max_label_value <= 255 else np.uint16
+
 @dataclass(frozen=True)
 class Segment:
     """One output segment: its label value and the catalog class that names, colours and codes it.
@@ -53,10 +57,6 @@ class LabelVolume:
     def ijk_to_ras(self) -> np.ndarray:
         """IJK->RAS matrix (4x4, mm) of the label grid, equal to the input volume's."""
         return self.volume.ijk_to_ras
-
-    def as_volume(self) -> Volume:
-        """The labels as a `Volume` with the input's geometry (for writers that take volumes)."""
-        return self.volume.with_array(self.labels)
 
     def mask(self, key: str) -> np.ndarray:
         """Boolean KJI mask of the segment with this key."""

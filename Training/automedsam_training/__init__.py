@@ -1,6 +1,6 @@
 """Training for AutoMedSAM: fine-tune the class prompt encoder (and optionally the mask decoder) on labelled volumes.
 
-Data flow (DESIGN.md section 8): a dataset spec (image/label pairs + label value -> class key) -> labels aligned to
+Data flow (docs/architecture.md): a dataset spec (image/label pairs + label value -> class key) -> labels aligned to
 their images in physical space -> the SAME `canonical_view` and preprocessing as inference -> frozen image encoder
 run once per slice, embeddings cached on disk (fp16, memory-mapped) -> epochs that cost only the class prompt
 encoder and the mask decoder -> an `*.automedsam.pt` that `automedsam segment --model PATH` and the Slicer module

@@ -31,7 +31,7 @@ from ..engine import EmbeddingCache, EngineOptions, ProgressCallback, RasBox, Se
 from ..errors import AutoMedSAMError, Cancelled, InputError
 from ..io import write_result
 from ..loading import load_model
-from ..result import LabelVolume, Segment
+from ..result import LabelVolume, Segment, label_dtype
 from ..segment_tags import CLASS_KEY_TAG
 from ..volume import Volume, canonical_view, ras_box_to_canonical
 from . import bridge
@@ -326,7 +326,7 @@ def segmentation_result(segmentation_node: Any, reference_volume_node: Any,
         labels[mask] = organ.label_value
         segments.append(Segment(organ.key, organ.label_value, organ))
     messages = [f"{overlap} voxels belong to more than one segment; the later segment was kept"] if overlap else []
-    dtype = np.uint8 if max((s.label_value for s in segments), default=0) <= 255 else np.uint16
+    dtype = label_dtype(max((s.label_value for s in segments), default=0))
     return LabelVolume(labels.astype(dtype), volume, tuple(segments), messages=messages)
 
 
