@@ -32,12 +32,15 @@ class Killed(Exception):
 
 def test_training_learns_logs_and_exports(tmp_path, spec_path):
     result = tiny_trainer(tmp_path, spec_path, **{"optim.steps": 40, "run.validate_every": 20,
-                                              "run.checkpoint_every": 20}).run()
+                                              "run.checkpoint_every": 20,
+                                              "model.class_prompt": {"variant": "anatomy"}}).run()
     rows = read_rows(tmp_path / "run" / "train_log.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
-    first, last = (sum(float(r[f"loss/{k}"]) for r in part for k in ("mask", "distillation")) / len(part)
-                   for part in (rows[:5], rows[-5:]))
-    assert last < 0.8 * first                                              # the supervised terms go down
+    first, last = (sum(float(r["loss/presence"]) for r in part) / len(part) for part in (rows[:10], rows[-10:]))
+    assert last < 0.8 * first                                              # presence is learned
+    assert all(math.isnan(float(r["loss/distillation"])) for r in rows)   # off by default
+    dense_out = _weights(tmp_path / "run")["dense_out.weight"]
+    assert dense_out.abs().sum() > 0                       # zero-initialised, moved only by the mask loss
     assert len(read_rows(tmp_path / "run" / "validation_log.csv")) == 2
     for name in ("losses.png", "validation_dice.png", "model.automedsam.pt", "last.automedsam.pt"):
         assert (tmp_path / "run" / name).stat().st_size > 0

@@ -40,8 +40,10 @@ class TinyImageEncoder(nn.Module):
         return torch.tanh(self.conv(images * 4.0 - 2.0))
 
 
-def tiny_model(classes: tuple[str, ...] | list[str] = ("liver", "spleen"), seed: int = 0) -> AutoMedSAM:
-    """A small AutoMedSAM with an untrained class prompt encoder for `classes`."""
+def tiny_model(classes: tuple[str, ...] | list[str] = ("liver", "spleen"), seed: int = 0,
+               **prompt_config: object) -> AutoMedSAM:
+    """A small AutoMedSAM with an untrained class prompt encoder for `classes` (`prompt_config` overrides the
+    tiny class prompt settings, e.g. `variant="anatomy"`)."""
     torch.manual_seed(seed)
     prompt_encoder = PromptEncoder(embed_dim=PROMPT_DIM, image_embedding_size=(GRID, GRID),
                                    input_image_size=(IMAGE_SIZE, IMAGE_SIZE), mask_in_chans=4)
@@ -52,13 +54,13 @@ def tiny_model(classes: tuple[str, ...] | list[str] = ("liver", "spleen"), seed:
     model = AutoMedSAM(TinyImageEncoder(), prompt_encoder, decoder, preprocessing=preprocessing,
                        base_sha256=TINY_SHA256)
     model.image_size = IMAGE_SIZE
-    model.attach_new_class_prompt_encoder(list(classes), ClassPromptConfig(**TINY_PROMPT_CONFIG))
+    model.attach_new_class_prompt_encoder(list(classes), ClassPromptConfig(**{**TINY_PROMPT_CONFIG, **prompt_config}))
     return model
 
 
 def tiny_factory(config: TrainConfig, classes: tuple[str, ...]) -> AutoMedSAM:
     """Model factory for the trainer (module level, so DDP worker processes can import it)."""
-    return tiny_model(classes, seed=config.run.seed)
+    return tiny_model(classes, seed=config.run.seed, **config.model.class_prompt)
 
 
 def phantom_case(shift: int = 0, shape: tuple[int, int, int] = (10, 40, 48),
@@ -104,7 +106,14 @@ def tiny_config(tmp: Path, spec: Path, **overrides: object) -> TrainConfig:
             "run.validate_every": 3, "run.log_every": 1, "run.tensorboard": False, "run.device": "cpu",
             "run.threads": 1}
     base.update(overrides)
-    return load_config(None, [f"{key}={json.dumps(value)}" for key, value in base.items()])
+    return load_config(None, [f"{key}={_toml_value(value)}" for key, value in base.items()])
+
+
+def _toml_value(value: object) -> str:
+    """A TOML value for an override (JSON is TOML for scalars and lists; tables need `key = value`)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + "}"
+    return json.dumps(value)
 
 
 def tiny_trainer(tmp: Path, spec: Path, **overrides: object) -> Trainer:

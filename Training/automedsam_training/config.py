@@ -1,8 +1,9 @@
 """Training configuration: a TOML file (optionally `extends` another) plus `section.key=value` overrides.
 
 Sections: `[data]` (spec, classes, split, sampling), `[model]` (base, init checkpoint, what is trained, class prompt
-encoder settings), `[optim]` (steps, batch, AdamW, schedule, clipping, AMP), `[augment]` (see `AugmentConfig`),
-`[run]` (output folder, seed, device, cache, checkpoint/validation/log intervals, early stopping). Relative paths
+encoder settings), `[optim]` (steps, batch, AdamW, schedule, clipping, AMP), `[loss]` (term weights), `[augment]`
+(see `AugmentConfig`), `[run]` (output folder, seed, device, cache, checkpoint/validation/log intervals, early
+stopping). Relative paths
 are taken from the folder of the file that sets them. `Training/configs/default.toml` is the shipped recipe.
 """
 
@@ -52,6 +53,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """`[loss]`: weights of the loss terms. The mask teaches the prompt; box distillation and token denoising
+    (imitating SAM's box prompt, which encodes absolute corner positions) are off unless asked for."""
+
+    mask: float = 1.0                         # Dice + BCE of the frozen decoder's masks
+    presence: float = 1.0                     # BCE of the presence logits
+    distillation: float = 0.0                 # MSE of the prompts to SAM's prompt for the ground-truth box
+    denoising: float = 0.0                    # the class prompt encoder's own denoising term (variants with one)
+    uncertainty_weighting: bool = False       # learned log-variance per term (Kendall et al.) instead of fixed
+    presence_all_classes: bool = True         # presence BCE on every trained class of each sampled slice
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """`[optim]`: steps, batch, AdamW, schedule, clipping, mixed precision."""
 
@@ -91,6 +105,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -109,11 +124,15 @@ class TrainConfig:
             raise InputError(f"data.empty_share must be in [0, 1) and data.val_position one of {VAL_POSITIONS}")
         if self.optim.lr <= 0 or self.optim.warmup_steps < 0 or not 0 <= self.optim.min_lr_ratio <= 1:
             raise InputError("optim.lr must be positive, optim.warmup_steps >= 0, optim.min_lr_ratio in [0, 1]")
+        weights = (self.loss.mask, self.loss.presence, self.loss.distillation, self.loss.denoising)
+        if min(weights) < 0 or not self.loss.mask + self.loss.presence + self.loss.distillation > 0:
+            raise InputError("loss weights must not be negative, and one of loss.mask, loss.presence or "
+                             "loss.distillation must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (TOML/JSON types), as stored in training states and checkpoints."""
         return {name: _plain(asdict(getattr(self, name)) if name != "augment" else self.augment.to_dict())
-                for name in ("data", "model", "optim", "augment", "run")}
+                for name in ("data", "model", "optim", "loss", "augment", "run")}
 
     @property
     def output_dir(self) -> Path:
@@ -129,8 +148,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
-             "run": RunConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "loss": LossConfig,
+             "augment": AugmentConfig, "run": RunConfig}
 _PATH_KEYS = {("data", "spec"), ("model", "init"), ("run", "output"), ("run", "cache_dir")}
 
 

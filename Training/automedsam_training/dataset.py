@@ -140,6 +140,8 @@ class SamplePlan(Dataset):
             "classes": torch.tensor(classes, dtype=torch.long),
             "present": torch.from_numpy(targets.present[item][classes]) & torch.tensor(flags),
             "usable": torch.tensor(flags),
+            "all_present": torch.from_numpy(targets.present[item].copy()),    # (C,) every trained class
+            "all_usable": torch.from_numpy(targets.usable[item].copy()),
             "boxes": torch.from_numpy(targets.boxes[item][classes]),
             "masks": torch.from_numpy(np.stack([masks == c + 1 for c in classes[:m]]).astype(np.float32)),
             "item": torch.tensor(item),

@@ -1,17 +1,19 @@
-"""Training losses and their uncertainty-weighted combination.
+"""Training losses and their combination (fixed weights, or learned uncertainty weights).
 
-Per (slice, class) pair: Dice + BCE on the mask logits, BCE on the presence logit, distillation of the generated
-sparse and dense prompt embeddings towards SAM's prompt encoder output for the ground-truth box, and the class
-prompt encoder's own denoising term. Every loss is first averaged over the pairs of one sample (a slice with its
+Per (slice, class) pair: Dice + BCE on the mask logits, BCE on the presence logit and, optionally, distillation of
+the generated sparse and dense prompt embeddings towards SAM's prompt encoder output for the ground-truth box and the
+class prompt encoder's own denoising term (both off by default: imitating box prompts teaches absolute positions,
+see docs/model-card.md). Every loss is first averaged over the pairs of one sample (a slice with its
 classes) and then over the samples, so that splitting a batch over several processes (DDP) averages the same
-numbers. `UncertaintyWeighting` combines the terms with one learned log-variance s_i each,
+numbers. `FixedWeighting` sums the terms with configured weights; `UncertaintyWeighting` (the first recipe's
+choice) combines them with one learned log-variance s_i each,
 total = sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i (Kendall et al. 2018, the "uncertainty-aware joint optimisation"
 of the AutoMedSAM paper): a term the model cannot reduce gets a lower weight instead of dominating.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
@@ -70,6 +72,23 @@ def distillation_loss(sparse: torch.Tensor, dense: torch.Tensor, target_sparse: 
     sparse_error = (sparse.float() - target_sparse.float()).pow(2).mean(dim=(-2, -1))
     dense_error = (dense.float() - target_dense.float()).pow(2).mean(dim=(-3, -2, -1))
     return sparse_error + dense_error
+
+
+class FixedWeighting(nn.Module):
+    """total = sum_i w_i L_i with configured weights (no parameters; a zero weight leaves a term out)."""
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.fixed = {name: float(weight) for name, weight in weights.items() if weight}
+        self.names = tuple(self.fixed)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar total of the named scalar losses (every name with a weight must be given)."""
+        return torch.stack([weight * losses[name].float() for name, weight in self.fixed.items()]).sum()
+
+    def weights(self) -> dict[str, float]:
+        """The configured weight of each term."""
+        return dict(self.fixed)
 
 
 class UncertaintyWeighting(nn.Module):

@@ -1,70 +1,120 @@
 """One training step's forward pass: prompts from the class prompt encoder, the mask decoder on them, the losses.
 
-`TrainingModule` is what DDP wraps (the composed model and the learned loss weights), so gradients of every trained
-parameter are synchronised by DDP's hooks. The prompts that get the mask and distillation losses come from the
-deterministic sampler that inference uses (`prompts(condition)`); the denoising term trains the diffusion denoiser on
-randomly noised box prompts of the same condition, so the shared trunk runs once per slice.
+`TrainingModule` is what DDP wraps (the composed model and the loss weighting), so gradients of every trained
+parameter are synchronised by DDP's hooks. The prompts that get the mask loss come from the deterministic path that
+inference uses (`prompts(condition)`), for the first `data.mask_pairs` pairs of each sample. With
+`loss.presence_all_classes` the presence logits of every trained class are computed on each sampled slice (the
+shared trunk runs once per slice) and all of them get the presence loss. The optional box distillation and
+denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from automedsam.model import AutoMedSAM
 
-from .losses import UncertaintyWeighting, distillation_loss, mask_loss, per_sample_mean, presence_loss
+from .config import LossConfig
+from .losses import (
+    FixedWeighting,
+    UncertaintyWeighting,
+    distillation_loss,
+    mask_loss,
+    per_sample_mean,
+    presence_loss,
+)
 
 LOSS_TERMS = ("mask", "presence", "distillation", "denoising")
 
 
-class TrainingModule(nn.Module):
-    """The model and the uncertainty weights; `forward(batch)` returns the scalar losses and their total."""
+class SamplePrompts(NamedTuple):
+    """Prompts of a batch: (B, P, ...) for the P pairs that need them, presence (B, C or K), denoising term."""
 
-    def __init__(self, model: AutoMedSAM, model_indices: torch.Tensor) -> None:
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    presence_logits: torch.Tensor
+    denoising: torch.Tensor
+
+
+def make_weighting(loss: LossConfig) -> nn.Module:
+    """The module that sums the loss terms: learned uncertainty weights or the configured fixed weights."""
+    weights = {name: getattr(loss, name) for name in LOSS_TERMS}
+    if loss.uncertainty_weighting:
+        return UncertaintyWeighting([name for name, weight in weights.items() if weight])
+    return FixedWeighting(weights)
+
+
+class TrainingModule(nn.Module):
+    """The model and the loss weighting; `forward(batch)` returns the scalar losses and their total."""
+
+    def __init__(self, model: AutoMedSAM, model_indices: torch.Tensor, loss: LossConfig | None = None) -> None:
         super().__init__()
         self.model = model
-        self.weighting = UncertaintyWeighting(LOSS_TERMS)
+        self.loss = loss or LossConfig()
+        self.weighting = make_weighting(self.loss)
         self.register_buffer("model_indices", model_indices.long(), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch of B samples x K classes (see `SamplePlan.__getitem__`) -> {"mask", ..., "total"} scalars."""
         embeddings, present, usable = batch["embedding"], batch["present"], batch["usable"]
-        classes = self.model_indices[batch["classes"]]                       # (B, K) model class indices
-        b, k = classes.shape
-        with torch.no_grad():
-            target_sparse, target_dense = self.model.box_prompts(batch["boxes"].flatten(0, 1))
-        target_sparse = target_sparse.view(b, k, *target_sparse.shape[1:]).to(embeddings.dtype)
-        target_dense = target_dense[:1].unsqueeze(0).to(embeddings.dtype)  # SAM's box dense embedding is constant
-        prompts, denoising = self._prompts(embeddings, classes, target_sparse, target_dense, present,
-                                           batch["noise_seed"])
-        sparse, dense, presence_logits = prompts
+        b, k = batch["classes"].shape
         m = batch["masks"].shape[1]
-        logits, _ = self.model.decode(embeddings, sparse[:, :m].flatten(0, 1), dense[:, :m].flatten(0, 1))
+        targets = self._box_targets(batch, embeddings.dtype) if self._needs_boxes else None
+        prompts = self._prompts(embeddings, batch, targets, k if self.loss.distillation else m)
+        logits, _ = self.model.decode(embeddings, prompts.sparse[:, :m].flatten(0, 1),
+                                      prompts.dense[:, :m].flatten(0, 1))
         logits = logits.view(b, m, *logits.shape[-2:])
-        losses = {
-            "mask": per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m]),
-            "presence": per_sample_mean(presence_loss(presence_logits, present), usable),
-            "distillation": per_sample_mean(distillation_loss(sparse, dense, target_sparse, target_dense), present),
-            "denoising": denoising,
-        }
+        losses = {"mask": per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m])}
+        if self.loss.presence_all_classes:
+            losses["presence"] = per_sample_mean(presence_loss(prompts.presence_logits, batch["all_present"]),
+                                                 batch["all_usable"])
+        else:
+            losses["presence"] = per_sample_mean(presence_loss(prompts.presence_logits, present), usable)
+        if self.loss.distillation:
+            losses["distillation"] = per_sample_mean(distillation_loss(prompts.sparse, prompts.dense, *targets),
+                                                     present)
+        if self.loss.denoising:
+            losses["denoising"] = prompts.denoising
         losses["total"] = self.weighting(losses)
         return losses
 
-    def _prompts(self, embeddings: torch.Tensor, classes: torch.Tensor, target_sparse: torch.Tensor,
-                 target_dense: torch.Tensor, present: torch.Tensor,
-                 noise_seeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Per sample: condition once, inference prompts and the denoising term; stacked to (B, K, ...)."""
+    @property
+    def _needs_boxes(self) -> bool:
+        return bool(self.loss.distillation or self.loss.denoising)
+
+    def _box_targets(self, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's prompt for each pair's ground-truth box: sparse (B, K, 2, D), dense (1, 1, D, G, G) (constant)."""
+        b, k = batch["classes"].shape
+        with torch.no_grad():
+            sparse, dense = self.model.box_prompts(batch["boxes"].flatten(0, 1))
+        return sparse.view(b, k, *sparse.shape[1:]).to(dtype), dense[:1].unsqueeze(0).to(dtype)
+
+    def _prompts(self, embeddings: torch.Tensor, batch: dict[str, torch.Tensor],
+                 targets: tuple[torch.Tensor, torch.Tensor] | None, count: int) -> SamplePrompts:
+        """Per sample: the trunk once, prompts of its first `count` pairs, presence, the denoising term."""
+        parts = [self._sample(embeddings[i:i + 1], batch, i, targets, count) for i in range(embeddings.shape[0])]
+        sparse, dense, presence, denoising = zip(*parts, strict=True)
+        return SamplePrompts(torch.cat(sparse), torch.cat(dense), torch.cat(presence),
+                             torch.stack(denoising).float().mean())
+
+    def _sample(self, embedding: torch.Tensor, batch: dict[str, torch.Tensor], i: int,
+                targets: tuple[torch.Tensor, torch.Tensor] | None, count: int) -> SamplePrompts:
         encoder = self.model.class_prompt_encoder
-        sparse, dense, presence, denoising = [], [], [], []
-        for i in range(classes.shape[0]):
-            condition = encoder.condition(embeddings[i:i + 1], classes[i])
-            prompt = encoder.prompts(condition)
-            generator = torch.Generator().manual_seed(int(noise_seeds[i]))
-            term = encoder.condition_loss(condition, target_sparse[i:i + 1], target_dense, generator, present[i:i + 1])
-            sparse.append(prompt.sparse)
-            dense.append(prompt.dense)
-            presence.append(prompt.presence_logits)
-            denoising.append(term.sparse)
-        stacked = (torch.cat(sparse), torch.cat(dense), torch.cat(presence))
-        return stacked, torch.stack(denoising).float().mean()
+        data_classes = batch["classes"][i]
+        every = self.loss.presence_all_classes
+        condition = encoder.condition(embedding, self.model_indices if every else self.model_indices[data_classes])
+        positions = data_classes if every else torch.arange(len(data_classes), device=embedding.device)
+        prompt = encoder.prompts(encoder.select(condition, positions[:count]))
+        presence = encoder.presence_before_prompts(condition)
+        if presence is None:
+            presence = encoder.prompts(condition).presence_logits
+        denoising = embedding.new_zeros(())
+        if self.loss.denoising:
+            generator = torch.Generator().manual_seed(int(batch["noise_seed"][i]))
+            selected = encoder.select(condition, positions)
+            denoising = encoder.condition_loss(selected, targets[0][i][:, None], targets[1], generator,
+                                               batch["present"][i][:, None]).sparse
+        return SamplePrompts(prompt.sparse.transpose(0, 1), prompt.dense.transpose(0, 1), presence, denoising)

@@ -173,7 +173,7 @@ class Trainer:
                                           shuffle=True, seed=config.run.seed, drop_last=True)
         self.loader = DataLoader(self.plan, batch_size=config.optim.batch_size, sampler=self.sampler, num_workers=0)
         indices = torch.tensor([self.model.class_index(key) for key in self.classes])
-        self.module = TrainingModule(self.model, indices).to(self.device)
+        self.module = TrainingModule(self.model, indices, config.loss).to(self.device)
         self.wrapped = self.module
         if self.context.active:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -1,0 +1,99 @@
+"""The anatomy recipe's training pieces: field-of-view and intensity augmentation, the loss terms and their
+weights (box distillation and denoising off by default), presence on every class of a sampled slice."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+from training_fakes import tiny_config, tiny_model
+
+from automedsam.errors import InputError
+from automedsam_training.augment import AugmentConfig, augment_slice
+from automedsam_training.config import LossConfig, load_config
+from automedsam_training.losses import FixedWeighting, UncertaintyWeighting
+from automedsam_training.step import TrainingModule, make_weighting
+
+
+def _slice() -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((60, 80), 10.0, dtype=np.float32)
+    labels = np.zeros((60, 80), dtype=np.uint8)
+    image[15:45, 20:60], labels[15:45, 20:60] = 200.0, 1
+    return image, labels
+
+
+def test_zoom_out_shrinks_the_body_and_keeps_labels_on_it():
+    image, labels = _slice()
+    config = AugmentConfig(variants=1, rotation_deg=0, scale=(0.5, 0.5), translation=0, noise_std=0)
+    warped, warped_labels = augment_slice(image, labels, config, np.random.default_rng(0))
+    assert warped.shape == image.shape and warped_labels.dtype == labels.dtype
+    assert 0.2 < warped_labels.sum() / labels.sum() < 0.3                      # half the size in each axis
+    assert warped[warped_labels == 1].min() > 100                              # the labels follow the image
+
+
+def test_crop_blanks_outside_a_box_and_intensity_stays_in_range():
+    image, labels = _slice()
+    config = AugmentConfig(variants=1, rotation_deg=0, scale=(1, 1), translation=0, noise_std=0, crop=1.0,
+                           crop_max=0.45, intensity_curve=0.2, bias_field=0.3)
+    cut = [augment_slice(image, labels, config, np.random.default_rng(seed)) for seed in range(8)]
+    assert any(lab.sum() < labels.sum() for _, lab in cut)                        # some crop reached the organ
+    assert all(w.min() >= 0 and w.max() <= 255 for w, _ in cut)
+    again = augment_slice(image, labels, config, np.random.default_rng(3))
+    assert np.array_equal(again[0], cut[3][0])                                  # seeded
+
+
+@pytest.mark.parametrize("changes", [{"crop": 1.5}, {"aspect": -0.1}, {"bias_field": -1.0}, {"crop_max": 0.6}])
+def test_bad_augmentation_settings_are_input_errors(changes):
+    with pytest.raises(InputError):
+        AugmentConfig(**changes)
+
+
+def test_loss_defaults_and_weighting():
+    loss = LossConfig()
+    assert (loss.distillation, loss.denoising, loss.uncertainty_weighting) == (0.0, 0.0, False)
+    fixed = make_weighting(LossConfig(presence=0.5))
+    assert isinstance(fixed, FixedWeighting) and fixed.weights() == {"mask": 1.0, "presence": 0.5}
+    total = fixed({"mask": torch.tensor(2.0), "presence": torch.tensor(4.0)})
+    assert total.item() == pytest.approx(4.0)
+    learned = make_weighting(LossConfig(distillation=1.0, uncertainty_weighting=True))
+    assert isinstance(learned, UncertaintyWeighting) and learned.names == ("mask", "presence", "distillation")
+    with pytest.raises(InputError, match="must not be negative"):
+        load_config(None, ["loss.mask=-1"])
+
+
+def _batch(classes: list[list[int]], present: list[list[bool]], masks: int) -> dict[str, torch.Tensor]:
+    items = []
+    for row, flags in zip(classes, present, strict=True):
+        items.append({"embedding": torch.randn(32, 16, 16), "classes": torch.tensor(row),
+                      "present": torch.tensor(flags), "usable": torch.ones(len(row), dtype=torch.bool),
+                      "all_present": torch.tensor([flags[row.index(c)] if c in row else False for c in range(3)]),
+                      "all_usable": torch.ones(3, dtype=torch.bool),
+                      "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]] * len(row)),
+                      "masks": torch.zeros(masks, 64, 64), "noise_seed": torch.tensor(1)})
+    return default_collate(items)
+
+
+@pytest.mark.parametrize("variant", ["anatomy", "automedsam"])
+def test_presence_covers_every_class_and_optional_terms_switch_on(variant):
+    model = tiny_model(("liver", "spleen", "stomach"), variant=variant)
+    batch = _batch([[0, 2], [1, 0]], [[True, False], [True, True]], masks=2)
+    module = TrainingModule(model, torch.arange(3), LossConfig())
+    losses = module(batch)
+    assert set(losses) == {"mask", "presence", "total"}
+    assert losses["total"].item() == pytest.approx(losses["mask"].item() + losses["presence"].item(), rel=1e-5)
+    losses["total"].backward()
+    presence_grads = [p.grad for n, p in model.class_prompt_encoder.named_parameters() if "presence" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in presence_grads)
+    full = TrainingModule(model, torch.arange(3), LossConfig(distillation=1.0, denoising=1.0,
+                                                            uncertainty_weighting=True))(batch)
+    assert math.isfinite(full["distillation"].item()) and math.isfinite(full["denoising"].item())
+
+
+def test_the_anatomy_recipe_config_loads(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "spec.json", **{"model.class_prompt": {"variant": "anatomy"},
+                                                               "loss.presence": 0.5})
+    assert config.model.class_prompt == {"variant": "anatomy"} and config.loss.presence == 0.5
+    assert config.to_dict()["loss"]["distillation"] == 0.0
