@@ -7,6 +7,7 @@
     automedsam-train train config.toml --set optim.steps=2000 --set run.output=runs/liver [--resume]
     torchrun --nproc_per_node=4 -m automedsam_training.cli train config.toml
     automedsam-train evaluate runs/liver/model.automedsam.pt liver.json -o runs/liver/eval [--slices validation]
+    automedsam-train lopo config.toml [--patients ct ct_dicom] [--boxes]
     automedsam-train export runs/liver -o liver.automedsam.pt
 
 Exit codes as `automedsam`: 0 success, 2 user error (one `error: ...` line), 1 internal error, 130 interrupted.
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="whole volumes, or the validation slice ranges recorded in the model")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     evaluate.add_argument("--title", default="AutoMedSAM evaluation")
+    lopo = commands.add_parser("lopo", help="leave one CT patient out: a model per patient, scored on that patient")
+    lopo.add_argument("config", type=Path)
+    lopo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override a setting, e.g. --set optim.steps=200 (repeatable)")
+    lopo.add_argument("--patients", nargs="*", default=None, help="only these left-out patients (default: every CT "
+                      "patient)")
+    lopo.add_argument("--boxes", action="store_true", help="also score ground-truth box prompts (the upper bound)")
     export = commands.add_parser("export", help="write a run's trained model (from its state.pt) as *.automedsam.pt")
     export.add_argument("run", type=Path, help="run folder holding state.pt")
     export.add_argument("-o", "--output", type=Path, required=True)
@@ -102,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"import-nnunet": commands.run_import_nnunet, "import-totalseg": commands.run_import_totalseg,
                 "import-slicer": commands.run_import_slicer,
                 "inspect": commands.run_inspect, "train": commands.run_train, "evaluate": commands.run_evaluate,
-                "export": commands.run_export}
+                "lopo": commands.run_lopo, "export": commands.run_export}
     return run_command(args, handlers[args.command],
                        "interrupted; the last checkpoint (if any) is in the run folder: resume with --resume")
 

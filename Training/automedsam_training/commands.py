@@ -18,6 +18,7 @@ from .cli import parse_pairs
 from .config import config_from_dict, load_config
 from .evaluation import evaluate, write_reports
 from .importers import import_nnunet_folder, import_totalsegmentator_reference
+from .lopo import run_lopo as run_lopo_folds
 from .modeling import build_training_model, export_model, load_trained_state
 from .slicer_import import SegmentChoices, add_cases, import_slicer_segmentation
 from .spec import load_spec, save_spec
@@ -110,6 +111,13 @@ def _validation_ranges(model_path: Path) -> dict[str, tuple[int, int] | None]:
     data = load_checkpoint(model_path)
     cases = data.get("training", {}).get("data", {}).get("cases", [])
     return {c["id"]: tuple(c["validation_slices"]) if c.get("validation_slices") else None for c in cases}
+
+
+def run_lopo(args: argparse.Namespace) -> None:
+    """`lopo`: train and score one model per left-out CT patient; prints where the tables are."""
+    config = load_config(args.config, args.overrides)
+    for path in run_lopo_folds(config, args.patients, args.boxes, say=_say):
+        print(path)
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -61,18 +61,20 @@ def crop_slices(volume: Volume, labels: np.ndarray, lo: int, hi: int) -> tuple[V
 
 def evaluate_case(model: AutoMedSAM, labelled: LabelledVolume, classes: Sequence[str],
                   slice_range: tuple[int, int] | None = None, device: str = "auto",
-                  progress: Progress | None = None) -> list[EvaluationRow]:
-    """Rows for `classes` (those the case annotates) on the case or its canonical slice range."""
+                  progress: Progress | None = None, cache: EmbeddingCache | None = None,
+                  modes: Sequence[str] = MODES) -> list[EvaluationRow]:
+    """Rows for `classes` (those the case annotates) on the case or its canonical slice range, in `modes`
+    ("class", "box"); `cache` keeps the embeddings (e.g. on disk, for later runs on the same volume)."""
     volume, labels = labelled.volume, labelled.labels
     if slice_range is not None:
         volume, labels = crop_slices(volume, labels, *slice_range)
     scored = LabelledVolume(labelled.case, volume, labels)
     keys = [key for key in classes if key in labelled.case.classes() and key in model.classes]
     references = {key: scored.class_mask(key) for key in keys}
-    options = EngineOptions(device=device, cache=EmbeddingCache(), progress=progress)
-    results = {"class": segment(volume, keys, model, options)} if keys else {}
+    options = EngineOptions(device=device, cache=cache or EmbeddingCache(), progress=progress)
+    results = {"class": segment(volume, keys, model, options)} if keys and "class" in modes else {}
     prompts = [BoxPrompt.from_mask(volume, key, mask) for key, mask in references.items() if mask.any()]
-    if prompts:
+    if prompts and "box" in modes:
         results["box"] = segment_boxes(volume, prompts, model, options)
     slices = "all" if slice_range is None else f"{slice_range[0]}-{slice_range[1]}"
     spacing = tuple(float(s) for s in volume.spacing[::-1])       # per KJI array axis
@@ -92,15 +94,16 @@ def evaluate_case(model: AutoMedSAM, labelled: LabelledVolume, classes: Sequence
 
 def evaluate(model: AutoMedSAM, spec: DatasetSpec, case_ids: Sequence[str] | None = None,
              classes: Sequence[str] | None = None, slice_ranges: Mapping[str, tuple[int, int] | None] | None = None,
-             device: str = "auto", progress: Progress | None = None) -> list[EvaluationRow]:
-    """Rows for the chosen cases (default: all) and classes (default: the model's)."""
+             device: str = "auto", progress: Progress | None = None, cache: EmbeddingCache | None = None,
+             modes: Sequence[str] = MODES) -> list[EvaluationRow]:
+    """Rows for the chosen cases (default: all) and classes (default: the model's), in `modes`."""
     cases = [spec.case(case_id) for case_id in case_ids] if case_ids else list(spec.cases)
     rows: list[EvaluationRow] = []
     for case in cases:
         labelled = read_labelled_volume(case, spec.resample_labels)
         slice_range = (slice_ranges or {}).get(case.id)
         rows += evaluate_case(model, labelled, classes or model.classes,
-                              tuple(slice_range) if slice_range else None, device, progress)
+                              tuple(slice_range) if slice_range else None, device, progress, cache, modes)
     return rows
 
 
@@ -115,6 +118,20 @@ def write_reports(rows: Sequence[EvaluationRow], folder: Path | str,
     md_path = folder / "evaluation.md"
     _atomic_text(md_path, lambda f: f.write(markdown_report(rows, title)))
     return [csv_path, md_path, box_plot(rows, folder / "evaluation_dice.png", title)]
+
+
+def read_rows(path: Path | str) -> list[EvaluationRow]:
+    """The rows of an `evaluation.csv` (empty cells and "nan" read back as NaN)."""
+    kinds = {name: f.type for name, f in EvaluationRow.__dataclass_fields__.items()}
+    with open(path, newline="", encoding="utf-8") as file:
+        return [EvaluationRow(**{name: _parse(value, kinds[name]) for name, value in row.items()})
+                for row in csv.DictReader(file)]
+
+
+def _parse(value: str, kind: object) -> object:
+    if kind in (float, "float"):
+        return float(value) if value not in ("", "nan") else math.nan
+    return value
 
 
 def _write_csv(file: object, fieldnames: list[str], rows: Sequence[EvaluationRow]) -> None:
