@@ -42,3 +42,14 @@ def sample_ct_path() -> Path:
 def sample_seg_path() -> Path:
     """The bundled sample CT's TotalSegmentator label map."""
     return REPO_ROOT / "Resources" / "SampleData" / "example_ct_sm_seg.nii.gz"
+
+
+REFERENCE_DATA_FIXTURES = {"reference_files", "ts_class_map"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for the reference volumes is `realdata` whether or not it says so, so that the fast tier
+    (`-m "not realdata and not realmodel"`) never downloads them."""
+    for item in items:
+        if REFERENCE_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
 from automedsam.errors import InputError
-from automedsam.volume import CanonicalView, Volume, canonical_view, ras_box_to_canonical
+from automedsam.volume import Volume, canonical_view, ras_box_to_canonical
 
 SPACING_IJK = (0.8, 1.1, 2.5)  # mm along i, j, k of the phantom
 SHAPE_KJI = (12, 20, 24)
@@ -161,45 +160,6 @@ def test_apply_and_invert_refuse_arrays_of_another_shape(phantom: Volume) -> Non
         view.invert(np.zeros(SHAPE_KJI + (2,)))
     with pytest.raises(InputError, match="3D"):
         canonical_view(Volume(np.zeros((4, 4))))
-
-
-def _anatomy(view: CanonicalView, labels_kji: np.ndarray) -> dict[int, np.ndarray]:
-    canonical = view.apply(labels_kji)
-    return {value: np.argwhere(canonical == value).mean(axis=0) for value in np.unique(canonical) if value}
-
-
-@pytest.mark.realdata
-def test_real_sample_ct_is_anterior_up_right_on_the_left(sample_seg_path: Path) -> None:
-    """Bundled sample (LPS on disk, directions diag(-1, -1, 1)); TotalSegmentator `total` labels."""
-    image = sitk.ReadImage(str(sample_seg_path))
-    volume = Volume.from_sitk(image)
-    view = canonical_view(volume)
-    slices, rows, cols = view.shape
-    centre = _anatomy(view, volume.array)
-    liver, spleen, kidney_right, kidney_left, aorta = (centre[v] for v in (5, 1, 2, 3, 52))
-    assert liver[1] < rows / 2, "the liver lies in the anterior half"
-    assert liver[1] < aorta[1] < centre[31][1], "liver, then aorta, then vertebra L1 from anterior to posterior"
-    assert liver[2] < cols / 2 < spleen[2] and kidney_right[2] < cols / 2 < kidney_left[2]
-    assert liver[0] > max(kidney_right[0], kidney_left[0])
-    assert centre[30][0] < centre[31][0] < centre[32][0], "vertebrae L2, L1, T12 go up with the slice index"
-    assert view.src_to_ras[2, 2] > 0 and view.src_to_ras[1, 1] < 0 and view.src_to_ras[0, 0] < 0
-    assert np.array_equal(view.apply(volume.array), sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")))
-
-
-@pytest.mark.realdata
-def test_real_dicom_label_map_with_flipped_y(reference_files: Path) -> None:
-    """`example_seg_dicom.nii.gz` stores y the other way round (LPS directions diag(1, -1, 1))."""
-    image = sitk.ReadImage(str(reference_files / "example_seg_dicom.nii.gz"))
-    volume = Volume.from_sitk(image)
-    view = canonical_view(volume)
-    _slices, _rows, cols = view.shape
-    centre = _anatomy(view, volume.array)
-    liver, spleen, aorta = centre[5], centre[1], centre[52]
-    assert liver[1] < aorta[1] < centre[32][1], "liver, then aorta, then vertebra T12 from anterior to posterior"
-    assert liver[2] < cols / 2 < spleen[2]
-    assert centre[32][0] < centre[33][0], "vertebra T12 is below T11"
-    assert view.src_to_ras[2, 2] > 0 and view.src_to_ras[1, 1] < 0 and view.src_to_ras[0, 0] < 0
-    assert np.array_equal(view.apply(volume.array), sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")))
 
 
 # ------------------------------------------------------------------------------------------- RAS boxes

@@ -13,14 +13,11 @@ import torch
 
 from automedsam.errors import ModelError, OutputError
 from automedsam.model import (
-    LITE_MEDSAM_SHA256,
     AutoMedSAM,
     ClassPromptConfig,
     LiteMedSAM,
     apply_checkpoint,
-    build_automedsam,
     build_lite_medsam,
-    lite_medsam_asset_path,
     load_checkpoint,
     save_checkpoint,
     sha256_of,
@@ -205,20 +202,3 @@ def test_inconsistent_content_is_refused(saved: Path, change: callable, message:
 def test_base_model_mismatch(saved: Path) -> None:
     with pytest.raises(ModelError, match=f"trained on LiteMedSAM weights with SHA-256 {BASE_SHA}"):
         load_checkpoint(saved, base_sha256="ef" * 32)
-
-
-@pytest.mark.realmodel
-def test_build_with_real_weights_and_a_checkpoint(trained: AutoMedSAM, tmp_path: Path) -> None:
-    weights = lite_medsam_asset_path()
-    real = build_automedsam(weights, LITE_MEDSAM_SHA256)
-    assert real.classes == () and real.base_sha256 == LITE_MEDSAM_SHA256
-    real.attach_new_class_prompt_encoder(CLASSES, LIGHT)
-    real.class_prompt_encoder.load_state_dict(trained.class_prompt_encoder.state_dict())
-    path = save_checkpoint(tmp_path / "real.automedsam.pt", real, metrics={"dice": 0.5})
-    model = build_automedsam(weights, LITE_MEDSAM_SHA256, path, sha256_of(path))
-    assert model.classes == CLASSES and not model.training
-    for ours, theirs in zip(_outputs(model), _outputs(real), strict=True):
-        assert torch.equal(ours, theirs)
-    foreign = save_checkpoint(tmp_path / "foreign.automedsam.pt", trained)   # trained on another base
-    with pytest.raises(ModelError, match="use the base weights it was trained on"):
-        build_automedsam(weights, LITE_MEDSAM_SHA256, foreign)

