@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import pickle
 import tempfile
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, ModelError, OutputError
+from ..registry import file_sha256
 from .class_prompt import ClassPromptConfig, ClassPromptModule, build_class_prompt_encoder
 
 if TYPE_CHECKING:
@@ -38,16 +38,11 @@ FORMAT_VERSION = 1
 KIND = "automedsam"
 BASE_MODEL_ID = "litemedsam"
 CHECKPOINT_SUFFIX = ".automedsam.pt"
-_CHUNK = 1 << 20
 
 
 def sha256_of(path: Path | str) -> str:
-    """Lower-case hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Lower-case hex SHA-256 of a file; the registry's memoised helper, so a file is hashed once per version."""
+    return file_sha256(Path(path))
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
