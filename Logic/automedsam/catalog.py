@@ -20,8 +20,10 @@ that knows the classes. Segment names, colours and terminology everywhere come f
   list does), and 75297007's meaning is "Gluteus minimus muscle". The MR-only classes take
   SlicerTotalSegmentator's codes. `region_modifier_*` (an addition to the agreed column list) carries the
   laterality of the anatomic region, which a kidney cyst needs ("Cyst" in the "Left" "Kidney").
-- `color_r`, `color_g`, `color_b`: RGB 0..255, TotalSegmentator's `DicomRGBColor`; for the classes its
-  mapping lacks, Slicer's General Anatomy colour (Lung; Bone for vertebrae; Cartilage for discs).
+- `color_r`, `color_g`, `color_b`: RGB 0..255. Slicer's General Anatomy colour where that list has the class,
+  with one side of a pair in a lighter or darker shade; else TotalSegmentator's `DicomRGBColor`. Where either
+  would look like a neighbour's, an own colour (individual vertebrae cycle through three bone shades).
+  Neighbours differ by CIE76 delta E > 15; `Testing/unit/test_catalog.py` lists them and the exceptions.
 - `modalities`: "CT", "MR" or "CT;MR": the TotalSegmentator tasks that label the class (`total`: CT,
   `total_mr`: MR); `lung_left/right` and `vertebrae` also list CT (unions of CT labels).
 - `window_level`, `window_width`: default CT window in HU by tissue group: soft tissue 40/400, bone

@@ -1,9 +1,11 @@
-"""The class catalog: lookups, label values, Slicer terminology strings, term.json and csv validation."""
+"""The class catalog: lookups, label values, Slicer terminology strings, colours, term.json and csv validation."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -244,6 +246,172 @@ def test_term_json_is_a_slicer_context_listing_every_code_not_in_general_anatomy
         if organ.anatomic_region is not None:
             modifier = organ.anatomic_region_modifier.value if organ.anatomic_region_modifier else ""
             assert (organ.anatomic_region.value, modifier) in ANATOMIC_MASTER, organ.key
+
+
+# ---------------------------------------------------------------- colours
+
+# recommendedDisplayRGBValue of every catalog class whose codes Slicer's General Anatomy list has (Slicer/Slicer,
+# Modules/Loadable/Terminologies/Resources/SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json, commit
+# 583e9b37d50e). Both sides of a pair share one colour there.
+SLICER_COLOURS = {
+    "spleen": (157, 108, 162), "kidney_right": (185, 102, 83), "kidney_left": (185, 102, 83),
+    "gallbladder": (139, 150, 98), "liver": (221, 130, 101), "stomach": (216, 132, 105),
+    "pancreas": (249, 180, 111), "adrenal_gland_right": (249, 186, 150), "adrenal_gland_left": (249, 186, 150),
+    "lung_upper_lobe_left": (172, 138, 115), "lung_lower_lobe_left": (224, 186, 162),
+    "lung_upper_lobe_right": (172, 138, 115), "lung_middle_lobe_right": (202, 164, 140),
+    "lung_lower_lobe_right": (224, 186, 162), "esophagus": (211, 171, 143), "trachea": (182, 228, 255),
+    "thyroid_gland": (62, 162, 114), "small_bowel": (205, 167, 142), "duodenum": (255, 253, 229),
+    "colon": (204, 168, 143), "urinary_bladder": (222, 154, 132), "prostate": (230, 158, 140),
+    "kidney_cyst_left": (205, 205, 100), "kidney_cyst_right": (205, 205, 100), "heart": (206, 110, 84),
+    "aorta": (224, 97, 76), "clavicula_left": (205, 179, 108), "clavicula_right": (205, 179, 108),
+    "spinal_cord": (244, 214, 49), "brain": (250, 250, 225), "skull": (241, 213, 144), "sternum": (244, 217, 154),
+    "lung_left": (197, 165, 145), "lung_right": (197, 165, 145), "ribs": (253, 232, 158),
+    "cervical_spine": (255, 255, 207), "thoracic_spine": (226, 202, 134), "lumbar_spine": (212, 188, 102),
+}
+# One side of a pair takes a shade of Slicer's colour (lighter or darker); the other side keeps it.
+SHADED = {"lung_left", "lung_upper_lobe_left", "lung_lower_lobe_left", "adrenal_gland_left", "kidney_right",
+          "kidney_cyst_right", "clavicula_left"}
+# Classes whose Slicer colour is too close to a neighbour's Slicer colour; they keep an own colour.
+OWN_COLOUR = {
+    "stomach": "liver", "heart": "liver", "small_bowel": "colon", "esophagus": "lung_right",
+    "lung_middle_lobe_right": "lung_lower_lobe_right", "urinary_bladder": "prostate", "sternum": "clavicula_right",
+    "ribs": "thoracic_spine", "lumbar_spine": "thoracic_spine",
+}
+MIN_DELTA_E = 15.0  # CIE76; about 2.3 is a just-noticeable difference, 15 tells two organs apart at a glance
+# Classes that touch (or face each other across a thin wall); "{side}" stands for left and right.
+NEIGHBOURS = {
+    "liver": ("spleen", "stomach", "gallbladder", "kidney_right", "kidney_cyst_right", "adrenal_gland_right",
+              "inferior_vena_cava", "portal_vein_and_splenic_vein", "duodenum", "colon", "small_bowel", "pancreas",
+              "heart", "esophagus", "lung_right", "lung_lower_lobe_right"),
+    "spleen": ("stomach", "kidney_left", "kidney_cyst_left", "colon", "pancreas", "adrenal_gland_left",
+               "portal_vein_and_splenic_vein", "lung_left", "lung_lower_lobe_left"),
+    "stomach": ("pancreas", "duodenum", "esophagus", "colon", "small_bowel", "gallbladder", "kidney_left",
+                "adrenal_gland_left", "portal_vein_and_splenic_vein", "heart", "lung_left", "lung_lower_lobe_left"),
+    "kidney_right": ("adrenal_gland_right", "duodenum", "colon", "small_bowel", "gallbladder", "pancreas",
+                     "inferior_vena_cava", "kidney_cyst_right", "iliopsoas_right", "autochthon_right"),
+    "kidney_left": ("adrenal_gland_left", "pancreas", "colon", "small_bowel", "aorta", "kidney_cyst_left",
+                    "iliopsoas_left", "autochthon_left"),
+    "pancreas": ("duodenum", "small_bowel", "colon", "gallbladder", "portal_vein_and_splenic_vein", "aorta",
+                 "inferior_vena_cava", "adrenal_gland_left"),
+    "duodenum": ("gallbladder", "small_bowel", "colon", "inferior_vena_cava", "aorta", "portal_vein_and_splenic_vein"),
+    "colon": ("gallbladder", "small_bowel", "urinary_bladder", "prostate", "sacrum", "adrenal_gland_right",
+              "portal_vein_and_splenic_vein"),
+    "small_bowel": ("urinary_bladder", "aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein"),
+    "aorta": ("inferior_vena_cava", "esophagus", "heart", "trachea", "pulmonary_vein", "brachiocephalic_trunk",
+              "brachiocephalic_vein_left", "superior_vena_cava", "subclavian_artery_left",
+              "common_carotid_artery_left", "adrenal_gland_left", "spinal_cord", "vertebrae", "lung_lower_lobe_left"),
+    "inferior_vena_cava": ("portal_vein_and_splenic_vein", "adrenal_gland_right", "heart", "vertebrae",
+                           "lung_lower_lobe_right"),
+    "heart": ("pulmonary_vein", "atrial_appendage_left", "superior_vena_cava", "esophagus", "sternum", "vertebrae"),
+    "trachea": ("esophagus", "thyroid_gland", "brachiocephalic_trunk", "superior_vena_cava"),
+    "brachiocephalic_trunk": ("subclavian_artery_right", "common_carotid_artery_right", "brachiocephalic_vein_left",
+                              "superior_vena_cava"),
+    "vertebrae": ("intervertebral_discs", "spinal_cord", "ribs", "esophagus", "sacrum", "skull", "trachea"),
+    "intervertebral_discs": ("spinal_cord",),
+    "spinal_cord": ("brain", "sacrum"),
+    "sternum": ("costal_cartilages", "ribs"),
+    "ribs": ("costal_cartilages", "thoracic_spine"),
+    "thoracic_spine": ("cervical_spine", "lumbar_spine"),
+    "lumbar_spine": ("sacrum",),
+    "skull": ("brain", "cervical_spine"),
+    "urinary_bladder": ("prostate",),
+    "esophagus": ("thyroid_gland",),
+    "lung_upper_lobe_right": ("lung_middle_lobe_right", "lung_lower_lobe_right"),
+    "lung_middle_lobe_right": ("lung_lower_lobe_right", "heart", "esophagus", "ribs", "pulmonary_vein",
+                               "superior_vena_cava"),
+    "lung_upper_lobe_left": ("lung_lower_lobe_left", "atrial_appendage_left"),
+    "lung_{side}": ("heart", "esophagus", "trachea", "ribs", "pulmonary_vein", "thoracic_spine", "vertebrae"),
+    "lung_upper_lobe_{side}": ("heart", "esophagus", "trachea", "ribs", "pulmonary_vein", "superior_vena_cava",
+                               "aorta", "subclavian_artery_{side}", "brachiocephalic_vein_{side}"),
+    "lung_lower_lobe_{side}": ("heart", "esophagus", "ribs", "pulmonary_vein", "autochthon_{side}"),
+    "hip_{side}": ("femur_{side}", "sacrum", "gluteus_maximus_{side}", "gluteus_medius_{side}", "colon",
+                   "gluteus_minimus_{side}", "iliopsoas_{side}", "urinary_bladder", "iliac_artery_{side}",
+                   "iliac_vena_{side}", "small_bowel", "vertebrae"),
+    "femur_{side}": ("gluteus_maximus_{side}", "gluteus_medius_{side}", "gluteus_minimus_{side}", "iliopsoas_{side}"),
+    "gluteus_medius_{side}": ("gluteus_maximus_{side}", "gluteus_minimus_{side}"),
+    "gluteus_maximus_{side}": ("gluteus_minimus_{side}", "sacrum"),
+    "iliopsoas_{side}": ("iliac_artery_{side}", "iliac_vena_{side}", "colon", "small_bowel", "vertebrae"),
+    "iliac_artery_{side}": ("iliac_vena_{side}", "aorta", "inferior_vena_cava", "small_bowel"),
+    "iliac_vena_{side}": ("inferior_vena_cava", "small_bowel"),
+    "common_carotid_artery_{side}": ("subclavian_artery_{side}", "brachiocephalic_vein_{side}", "thyroid_gland",
+                                     "trachea"),
+    "brachiocephalic_vein_{side}": ("superior_vena_cava", "subclavian_artery_{side}"),
+    "autochthon_{side}": ("vertebrae", "ribs", "sacrum", "intervertebral_discs"),
+    "clavicula_{side}": ("sternum", "scapula_{side}", "rib_{side}_1"),
+    "scapula_{side}": ("humerus_{side}",),
+    "subclavian_artery_{side}": ("rib_{side}_1",),
+}
+VERTEBRAL_COLUMN = ("skull", *(f"vertebrae_C{i}" for i in range(1, 8)), *(f"vertebrae_T{i}" for i in range(1, 13)),
+                    *(f"vertebrae_L{i}" for i in range(1, 6)), "vertebrae_S1", "sacrum")
+
+
+def _srgb_to_lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+    """CIELAB (D65) of an sRGB colour, channels 0..255."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb)]
+    matrix = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))
+    white = (0.95047, 1.0, 1.08883)
+    x, y, z = (sum(m * c for m, c in zip(row, linear, strict=True)) / w for row, w in zip(matrix, white, strict=True))
+    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in (x, y, z)]
+    return (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
+
+
+def delta_e(first: tuple[int, int, int], second: tuple[int, int, int]) -> float:
+    """CIE76 colour difference of two sRGB colours: the distance of their CIELAB coordinates."""
+    return math.dist(_srgb_to_lab(first), _srgb_to_lab(second))
+
+
+def _other_side(key: str) -> str | None:
+    """The key of the class on the other side ("kidney_left" -> "kidney_right"), None for unpaired classes."""
+    for side, other in (("left", "right"), ("right", "left")):
+        if side in key.split("_"):
+            return "_".join(other if part == side else part for part in key.split("_"))
+    return None
+
+
+def _neighbour_pairs(cat: ClassCatalog) -> set[frozenset[str]]:
+    """Every pair of classes that touch: the table above, the spine, each side's ribs, and left/right pairs."""
+    pairs = {frozenset((a, b)) for a, b in itertools.pairwise(VERTEBRAL_COLUMN)}
+    for key, others in NEIGHBOURS.items():
+        for side in ("left", "right"):
+            pairs |= {frozenset((key.format(side=side), o.format(side=side))) for o in others}
+    for vertebra in VERTEBRAL_COLUMN[1:-1]:
+        pairs |= {frozenset((vertebra, o)) for o in ("spinal_cord", "autochthon_left", "autochthon_right", "aorta")}
+    for side in ("left", "right"):
+        ribs = [f"rib_{side}_{i}" for i in range(1, 13)]
+        pairs |= {frozenset(p) for p in itertools.pairwise(ribs)}
+        for i, rib in enumerate(ribs, start=1):
+            touching = {f"vertebrae_T{i}", f"vertebrae_T{max(i - 1, 1)}", f"lung_{side}", f"lung_lower_lobe_{side}",
+                        f"autochthon_{side}", f"scapula_{side}" if 2 <= i <= 8 else "costal_cartilages"}
+            pairs |= {frozenset((rib, o)) for o in touching}
+    keys = set(cat.keys())
+    pairs |= {frozenset((o.key, _other_side(o.key))) for o in cat if _other_side(o.key) in keys}
+    return pairs
+
+
+def test_delta_e_is_cie76():
+    assert delta_e((0, 0, 0), (0, 0, 0)) == 0.0
+    assert delta_e((0, 0, 0), (255, 255, 255)) == pytest.approx(100.0, abs=0.01)
+    assert _srgb_to_lab((255, 0, 0)) == pytest.approx((53.24, 80.09, 67.20), abs=0.05)
+
+
+def test_neighbouring_classes_have_colours_people_can_tell_apart(cat):
+    pairs = _neighbour_pairs(cat)
+    assert set().union(*pairs) <= set(cat.keys()), "a neighbour table names an unknown class"
+    too_close = sorted((round(delta_e(cat.get(a).color, cat.get(b).color), 1), a, b) for a, b in map(sorted, pairs)
+                       if delta_e(cat.get(a).color, cat.get(b).color) <= MIN_DELTA_E)
+    assert not too_close, f"neighbours with colours too alike (CIE76 delta E <= {MIN_DELTA_E}): {too_close}"
+
+
+def test_classes_in_slicers_general_anatomy_list_take_its_colour(cat):
+    assert set(SLICER_COLOURS) == {o.key for o in cat if _code_id(o) in GENERAL_ANATOMY}
+    for key, colour in SLICER_COLOURS.items():
+        organ = cat.get(key)
+        if key in SHADED:
+            assert organ.color != colour and cat.get(_other_side(key)).color == colour, key
+        elif key in OWN_COLOUR:
+            assert delta_e(colour, cat.get(OWN_COLOUR[key]).color) <= MIN_DELTA_E, f"{key} could take Slicer's"
+        else:
+            assert organ.color == colour, key
 
 
 # ---------------------------------------------------------------- custom segments
