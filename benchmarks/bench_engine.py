@@ -50,7 +50,6 @@ from automedsam.volume import Volume
 CLASSES_8 = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "stomach", "pancreas", "gallbladder")
 GATE_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
 EAGER = EncoderPlan("torch", "fp32")
-BASELINE = {"decode_absent": True}  # the baseline's other engine options: every (slice, class) pair decoded
 BASELINE = {"decode_absent": True}  # engine options of the baseline besides EAGER: decode every pair
 
 
@@ -296,8 +295,8 @@ def _scores(gates: dict[str, dict[str, LabelVolume]], suffix: str = "") -> dict[
     for prompt, results in gates.items():
         base = results.pop(EAGER.label)
         for label, r in results.items():
-            scores[f"{label}, {prompt}{suffix}"] = {s.key: dice(r.labels == s.label_value, base.labels == s.label_value)
-                                                    for s in base.segments}
+            scores[f"{label}, {prompt}{suffix}"] = {
+                s.key: dice(r.labels == s.label_value, base.labels == s.label_value, empty=1.0) for s in base.segments}
     return scores
 
 

@@ -145,13 +145,12 @@ def run_models(args: argparse.Namespace) -> None:
             classes = f"{len(entry.classes)} classes" if entry.classes else "box prompts"
             print(f"{mark} {entry.id:<22} {entry.title} [{entry.encoder}, {classes}; {entry.license}]")
         return
-    entries = [registry.get(args.model_id)] if args.model_id else registry.entries()
     if args.action == "download":
-        entries = [registry.get(args.model_id)] if args.model_id else [registry.default()]
-        for entry in entries:
+        for entry in [registry.get(args.model_id)] if args.model_id else [registry.default()]:
             paths = registry.resolve(entry, download=True, progress=_download_progress())
             _say(f"{entry.id}: ok ({paths})")
         return
+    entries = [registry.get(args.model_id)] if args.model_id else registry.entries()
     failed = False
     for entry in entries:
         for file, path, status in registry.verify(entry):

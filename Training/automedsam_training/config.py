@@ -10,7 +10,7 @@ are taken from the folder of the file that sets them. `Training/configs/default.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +235,3 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
             if name not in free and old.get(key) != new.get(key):
                 differences.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
     return differences
-
-
-def with_run(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy with some `[run]` settings changed."""
-    return replace(config, run=replace(config.run, **changes))

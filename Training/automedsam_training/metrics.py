@@ -13,17 +13,14 @@ import numpy as np
 from scipy import ndimage
 
 from automedsam.errors import InputError
+from automedsam.metrics import dice
 
 _FACES = ndimage.generate_binary_structure(3, 1)
 
 
 def dice_score(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """2 |P & R| / (|P| + |R|); NaN when both are empty."""
-    prediction, reference = _masks(prediction, reference)
-    total = int(prediction.sum()) + int(reference.sum())
-    if total == 0:
-        return float("nan")
-    return 2.0 * int(np.logical_and(prediction, reference).sum()) / total
+    """`automedsam.metrics.dice` of two masks of one shape (NaN when both are empty)."""
+    return dice(*_masks(prediction, reference))
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
