@@ -1,4 +1,4 @@
-"""AutoMedSAM: LiteMedSAM whose box prompt is replaced by a learned class prompt (DESIGN.md section 4).
+"""AutoMedSAM: LiteMedSAM whose box prompt is replaced by a learned class prompt (docs/architecture.md, Model).
 
 The inference engine encodes each slice once (`encode`), then asks for all selected classes at once
 (`segment_classes`: class prompt encoder -> SAM mask decoder on B*C (slice, class) pairs) or for box prompts

@@ -1,7 +1,7 @@
 """Class prompt encoder: from a slice's image embedding and a class, the prompt SAM's mask decoder needs.
 
 For every slice b and class c it produces what SAM's prompt encoder gives for a box: 2 sparse tokens (2, 256) and a
-dense embedding (256, 64, 64), plus a presence logit (is class c on slice b at all). See DESIGN.md section 4.
+dense embedding (256, 64, 64), plus a presence logit (is class c on slice b at all). See docs/architecture.md (Model).
 
 Architecture (`variant="automedsam"`, `ClassPromptEncoder`):
 - a shared trunk, a two-level residual conv U-Net with GroupNorm, runs ONCE per slice on the (B, 256, 64, 64)
