@@ -1,4 +1,4 @@
-"""The `automedsam` command line: `segment`, `classes`, `models list|verify|download`, `demo`.
+"""The `automedsam` command line: `segment`, `classes`, `models list|verify|download`, `export-training`, `demo`.
 
 Exit codes: 0 success, 2 user error (one `error: ...` line, no traceback), 1 internal error, 130 interrupted.
 """
@@ -45,6 +45,26 @@ def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--download", action="store_true", help="download missing model weights")
 
 
+def _add_export_training_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export-training", help="add an image and its corrected segmentation to an "
+                                 "nnU-Net-style training dataset (automedsam-train import-nnunet reads it)")
+    parser.add_argument("image", type=Path, help="the image: NIfTI, NRRD, MHA file or DICOM series folder")
+    parser.add_argument("segmentation", type=Path, help="the corrected segmentation: Slicer .seg.nrrd, or an "
+                        "AutoMedSAM NIfTI result (.nii.gz with its .json)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (created, or extended)")
+    parser.add_argument("--case-id", default=None, help="case name (default: the image's file name)")
+    parser.add_argument("--patient", default=None, help="patient id, to keep a patient's scans together when "
+                        "evaluating leave-one-patient-out (default: the case id)")
+    parser.add_argument("--series", default=None, metavar="UID|NUMBER", help="the DICOM series, if several")
+    parser.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the detected modality")
+    parser.add_argument("--rename", action="append", default=[], metavar="NAME=CLASS",
+                        help="map a segment to a catalog class (repeatable)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="NAME", help="leave a segment out")
+    parser.add_argument("--ignore-unmapped", action="store_true", help="leave out segments that map to no class")
+    parser.add_argument("--resample-labels", action="store_true",
+                        help="resample a segmentation on another grid onto the image (nearest neighbour)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser, commands = program_parser("automedsam", "AutoMedSAM organ segmentation for CT and MR.", __version__)
@@ -55,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list, verify or download models")
     models.add_argument("action", choices=["list", "verify", "download"])
     models.add_argument("model_id", nargs="?", default=None, help="model id (download/verify; default: all/default)")
+    _add_export_training_parser(commands)
     demo = commands.add_parser("demo", help="segment the bundled sample CT; writes .seg.nrrd and an overlay PNG")
     demo.add_argument("-o", "--output", type=Path, default=Path("automedsam-demo"), help="output folder")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -127,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     from . import commands
 
-    handlers = {"segment": commands.run_segment, "classes": commands.run_classes,
-                "models": commands.run_models, "demo": commands.run_demo}
+    handlers = {"segment": commands.run_segment, "classes": commands.run_classes, "models": commands.run_models,
+                "export-training": commands.run_export_training, "demo": commands.run_demo}
     return run_command(args, handlers[args.command], "interrupted; nothing was written")
 
 

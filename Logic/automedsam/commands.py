@@ -11,6 +11,7 @@ import numpy as np
 
 from .catalog import default_catalog
 from .errors import InputError
+from .file_checks import check_path_text
 from .io import check_dicom_seg_sources, read_input, write_probability_volume, write_result
 from .metrics import dice
 from .preflight import SegmentPlan, check_segment_request
@@ -158,6 +159,25 @@ def run_models(args: argparse.Namespace) -> None:
             failed |= status != "ok" and status != "missing"
     if failed:
         raise InputError("some model files failed verification; delete them and download again")
+
+
+def run_export_training(args: argparse.Namespace) -> None:
+    """`automedsam export-training`: an image and its corrected segmentation become a case of a training dataset."""
+    check_path_text(args.image, "image")
+    check_path_text(args.segmentation, "segmentation")
+    check_path_text(args.output, "dataset")
+    from automedsam_training.case_export import export_training_case
+    from automedsam_training.cli import parse_pairs
+    from automedsam_training.slicer_import import SegmentChoices
+
+    choices = SegmentChoices(parse_pairs(args.rename), tuple(args.ignore), args.ignore_unmapped)
+    case = export_training_case(args.image, args.segmentation, args.output, args.case_id, args.patient,
+                                args.modality, args.series, choices, args.resample_labels)
+    for mapping in case.segments:
+        _say(mapping.describe())
+    _say(f"wrote {case.image} and {case.label} (case {case.case_id}, patient {case.patient}; classes: "
+         f"{', '.join(case.classes)})")
+    _say(f"train on it: automedsam-train import-nnunet {args.output} -o {args.output.name}.json")
 
 
 def _reference_masks(volume: Volume, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

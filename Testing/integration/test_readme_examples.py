@@ -33,8 +33,9 @@ def test_the_readme_has_the_examples_this_test_prepares_files_for():
 
 
 @pytest.fixture(scope="module")
-def example_folder(tmp_path_factory, sample_ct_path: Path, reference_files: Path) -> Path:
-    """ct.nii.gz / ct.nrrd: five slices of the sample CT inside the README's box; dicom_series_folder/: the example
+def example_folder(tmp_path_factory, sample_ct_path: Path, sample_seg_path: Path, reference_files: Path) -> Path:
+    """ct.nii.gz / ct.nrrd: five slices of the sample CT inside the README's box; result.seg.nrrd: their reference
+    liver and spleen (as if corrected by hand; the segment example rewrites it); dicom_series_folder/: the example
     DICOM series with its UIDs restored (a DICOM SEG must reference them)."""
     from reference_data import dicom_with_uids
 
@@ -43,11 +44,27 @@ def example_folder(tmp_path_factory, sample_ct_path: Path, reference_files: Path
     crop = image[:, :, 20:25]
     sitk.WriteImage(crop, str(folder / "ct.nii.gz"))
     sitk.WriteImage(crop, str(folder / "ct.nrrd"))
+    _reference_result(folder / "ct.nii.gz", sample_seg_path, folder / "result.seg.nrrd")
     series = folder / "dicom_series_folder"
     series.mkdir()
     dicom_with_uids(sorted((reference_files / "example_ct_dicom").iterdir()), series,
                     "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12")
     return folder
+
+
+def _reference_result(image: Path, reference_labels: Path, output: Path) -> None:
+    """A segmentation of `image` (a crop of the sample) made of the sample's reference liver and spleen."""
+    from automedsam.catalog import default_catalog
+    from automedsam.io import read_volume, write_seg_nrrd
+    from automedsam.result import LabelVolume, Segment
+
+    volume = read_volume(image, "CT")
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(reference_labels)))[20:25]
+    organs = [default_catalog().get(key) for key in ("liver", "spleen")]
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    for organ in organs:
+        labels[reference == organ.ts_total] = organ.label_value
+    write_seg_nrrd(LabelVolume(labels, volume, tuple(Segment(o.key, o.label_value, o) for o in organs)), output)
 
 
 @pytest.mark.parametrize("command", readme_commands(), ids=lambda command: " ".join(command[1:4]))

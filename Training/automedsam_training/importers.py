@@ -95,7 +95,11 @@ def import_totalsegmentator_reference(folder: Path | str, merge_vertebrae: bool 
 
 def import_nnunet_folder(folder: Path | str, modality: str | None = None, rename: Mapping[str, str] | None = None,
                          ignore: Sequence[str] = (), merge_vertebrae: bool = False) -> DatasetSpec:
-    """Spec for an nnU-Net (v1/v2) or MSD raw dataset folder with `dataset.json`, `imagesTr/` and `labelsTr/`."""
+    """Spec for an nnU-Net (v1/v2) or MSD raw dataset folder with `dataset.json`, `imagesTr/` and `labelsTr/`.
+
+    Each case is its own patient unless `dataset.json` has a `patients` map (case -> patient), as the folders that
+    `automedsam export-training` writes do.
+    """
     folder = Path(folder).expanduser()
     manifest_path = folder / "dataset.json"
     if not manifest_path.is_file():
@@ -112,8 +116,10 @@ def import_nnunet_folder(folder: Path | str, modality: str | None = None, rename
     pairs = _training_pairs(folder, manifest)
     if not pairs:
         raise InputError(f"{folder}: no image/label pairs found in imagesTr/ and labelsTr/")
-    cases = tuple(CaseSpec(id=case_id, image=image, label=label, modality=modality, patient=case_id,
-                           label_map=label_map) for case_id, image, label in pairs)
+    patients = manifest.get("patients") if isinstance(manifest.get("patients"), Mapping) else {}
+    cases = tuple(CaseSpec(id=case_id, image=image, label=label, modality=modality,
+                           patient=str(patients.get(case_id, case_id)), label_map=label_map)
+                  for case_id, image, label in pairs)
     source = f"nnU-Net/MSD dataset {manifest.get('name', folder.name)!r} in {folder}"
     return DatasetSpec(name=str(manifest.get("name", folder.name)), cases=cases, source=source, root=folder)
 
