@@ -87,6 +87,9 @@ def test_presence_covers_every_class_and_optional_terms_switch_on(variant):
     losses["total"].backward()
     presence_grads = [p.grad for n, p in model.class_prompt_encoder.named_parameters() if "presence" in n]
     assert any(g is not None and g.abs().sum() > 0 for g in presence_grads)
+    balanced = TrainingModule(model, torch.arange(3), LossConfig(presence_balance=True))(batch)["presence"]
+    plain = TrainingModule(model, torch.arange(3), LossConfig(presence_balance=False))(batch)["presence"]
+    assert not torch.isclose(balanced, plain)              # 2 present of 6 pairs: the weights differ
     full = TrainingModule(model, torch.arange(3), LossConfig(distillation=1.0, denoising=1.0,
                                                             uncertainty_weighting=True))(batch)
     assert math.isfinite(full["distillation"].item()) and math.isfinite(full["denoising"].item())

@@ -33,7 +33,8 @@ class Killed(Exception):
 def test_training_learns_logs_and_exports(tmp_path, spec_path):
     result = tiny_trainer(tmp_path, spec_path, **{"optim.steps": 40, "run.validate_every": 20,
                                               "run.checkpoint_every": 20,
-                                              "model.class_prompt": {"variant": "anatomy"}}).run()
+                                              "model.class_prompt": {"variant": "anatomy"},
+                                              "loss.presence_balance": False}).run()
     rows = read_rows(tmp_path / "run" / "train_log.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
     first, last = (sum(float(r["loss/presence"]) for r in part) / len(part) for part in (rows[:10], rows[-10:]))

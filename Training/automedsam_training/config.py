@@ -63,6 +63,7 @@ class LossConfig:
     denoising: float = 0.0                    # the class prompt encoder's own denoising term (variants with one)
     uncertainty_weighting: bool = False       # learned log-variance per term (Kendall et al.) instead of fixed
     presence_all_classes: bool = True         # presence BCE on every trained class of each sampled slice
+    presence_balance: bool = True             # present and absent pairs weigh half each (most pairs are absent)
 
 
 @dataclass(frozen=True)

@@ -69,10 +69,9 @@ class TrainingModule(nn.Module):
         logits = logits.view(b, m, *logits.shape[-2:])
         losses = {"mask": per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m])}
         if self.loss.presence_all_classes:
-            losses["presence"] = per_sample_mean(presence_loss(prompts.presence_logits, batch["all_present"]),
-                                                 batch["all_usable"])
+            losses["presence"] = self._presence(prompts.presence_logits, batch["all_present"], batch["all_usable"])
         else:
-            losses["presence"] = per_sample_mean(presence_loss(prompts.presence_logits, present), usable)
+            losses["presence"] = self._presence(prompts.presence_logits, present, usable)
         if self.loss.distillation:
             losses["distillation"] = per_sample_mean(distillation_loss(prompts.sparse, prompts.dense, *targets),
                                                      present)
@@ -80,6 +79,14 @@ class TrainingModule(nn.Module):
             losses["denoising"] = prompts.denoising
         losses["total"] = self.weighting(losses)
         return losses
+
+    def _presence(self, logits: torch.Tensor, present: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """Presence BCE over the usable pairs; balanced: present and absent pairs weigh half each, so that the many
+        absent pairs do not teach the head to say "absent" everywhere."""
+        values = presence_loss(logits, present)
+        if not self.loss.presence_balance:
+            return per_sample_mean(values, usable)
+        return 0.5 * (per_sample_mean(values, usable & present) + per_sample_mean(values, usable & ~present))
 
     @property
     def _needs_boxes(self) -> bool:
