@@ -9,6 +9,7 @@ import enum
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import slicer
@@ -39,7 +40,7 @@ def _addBundledPackagesToPath() -> None:
 
 _addBundledPackagesToPath()
 
-from AutoMedSAMSlicerLib import ClassTree, SlicerInstallHost, askExportPath, dicomFiles  # noqa: E402
+from AutoMedSAMSlicerLib import ClassTree, SlicerInstallHost, askExportPath, dicomFiles, dicomPatient  # noqa: E402
 
 from automedsam.catalog import default_catalog  # noqa: E402 (needs the path above)
 from automedsam.errors import Cancelled, InputError  # noqa: E402
@@ -65,11 +66,6 @@ MODEL_IDS = tuple(entry.id for entry in _REGISTRY.entries())
 DEFAULT_MODEL = _REGISTRY.default().id
 
 
-#
-# AutoMedSAMSlicer
-#
-
-
 class AutoMedSAMSlicer(ScriptedLoadableModule):
     """Module description shown in Slicer's module panel."""
 
@@ -92,11 +88,6 @@ the sample CT from TotalSegmentator's reference files (Apache-2.0). Results are 
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-#
-# Register sample data sets in Sample Data module
-#
-
-
 def registerSampleData() -> None:
     """Add the bundled abdominal CT to the Sample Data module (copied from the extension, checked by SHA-256)."""
     import SampleData
@@ -113,11 +104,6 @@ def registerSampleData() -> None:
         checksums=f"SHA256:{SAMPLE_SHA256}",
         nodeNames=SAMPLE_NAME,
     )
-
-
-#
-# AutoMedSAMSlicerParameterNode
-#
 
 
 class Device(enum.Enum):
@@ -166,6 +152,7 @@ class AutoMedSAMSlicerParameterNode:
     uncertainty - also add the uncertainty map as a volume.
     outputSegmentation - where the segments go; none: a new segmentation next to the input volume.
     exportFormat - format written by Export.
+    trainingDataset - folder that "Save as training case" adds cases to (nnU-Net layout).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -179,11 +166,7 @@ class AutoMedSAMSlicerParameterNode:
     uncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     exportFormat: ExportFormat = ExportFormat.SEG_NRRD
-
-
-#
-# AutoMedSAMSlicerWidget
-#
+    trainingDataset: Path
 
 
 class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -228,6 +211,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onSegmentEditorButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.saveTrainingCaseButton.connect("clicked(bool)", self.onSaveTrainingCaseButton)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
@@ -307,6 +291,8 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         output = self._parameterNode.outputSegmentation
         self.ui.segmentEditorButton.enabled = output is not None
         self.ui.exportButton.enabled = output is not None
+        dataset = str(self._parameterNode.trainingDataset)
+        self.ui.saveTrainingCaseButton.enabled = output is not None and dataset not in ("", ".")
 
     # --------------------------------------------------------------------------------------------- classes
     def _fillClassTree(self, *unused) -> None:
@@ -439,10 +425,13 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             written = self.logic.export(parameters, path)
             self.ui.statusLabel.text = _("Exported to {path}").format(path=written)
 
-
-#
-# AutoMedSAMSlicerLogic
-#
+    def onSaveTrainingCaseButton(self) -> None:
+        """Add the volume and the corrected segmentation to the training dataset folder as a new case."""
+        with slicer.util.tryWithErrorDisplay(_("Saving the training case failed."), waitCursor=True):
+            case = self.logic.saveTrainingCase(self._parameterNode)
+            self.ui.statusLabel.text = _("Saved training case {case} (patient {patient}, {count} classes) in "
+                                         "{folder}.").format(case=case.case_id, patient=case.patient,
+                                                             count=len(case.classes), folder=case.label.parent.parent)
 
 
 class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
@@ -512,15 +501,18 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         request = SegmentationRequest(volumeNode, tuple(classes), model, outputSegmentation, device)
         return self.segmentationLogic().run(request, progress, cancel)
 
+    def saveTrainingCase(self, parameters):
+        """Add the input volume and the output segmentation (user edits included) to the training dataset; the
+        patient is the DICOM Patient ID when the volume came from DICOM, else the volume's name."""
+        DependencyInstaller(SlicerInstallHost()).ensure()
+        volume = parameters.inputVolume
+        return self.segmentationLogic().save_training_case(parameters.outputSegmentation, volume,
+                                                            parameters.trainingDataset, dicomPatient(volume))
+
     def export(self, parameters, path):
         """Write the output segmentation (user edits included) to `path`; a folder means DICOM SEG."""
         DependencyInstaller(SlicerInstallHost()).ensure()
         return self.segmentationLogic().export(parameters.outputSegmentation, parameters.inputVolume, path)
-
-
-#
-# AutoMedSAMSlicerTest
-#
 
 
 class AutoMedSAMSlicerTest(ScriptedLoadableModuleTest):

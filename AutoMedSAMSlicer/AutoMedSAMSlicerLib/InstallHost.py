@@ -83,3 +83,12 @@ def dicomFiles(volumeNode) -> list:
     uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
     files = [database.fileForInstance(uid) for uid in uids] if database is not None else []
     return [Path(file) for file in files if file]
+
+
+def dicomPatient(volumeNode):
+    """The DICOM Patient ID of a volume loaded from DICOM (Slicer's DICOM database), else None."""
+    database = getattr(slicer, "dicomDatabase", None)
+    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode is not None else []
+    if database is None or not uids:
+        return None
+    return database.instanceValue(uids[0], "0010,0020").strip() or None

@@ -3,6 +3,6 @@ of the `.ui`, the parameter node and `automedsam` (as SlicerNNUnet's `SlicerNNUN
 
 from .ClassTree import ClassTree
 from .ExportDialog import askExportPath
-from .InstallHost import SlicerInstallHost, dicomFiles
+from .InstallHost import SlicerInstallHost, dicomFiles, dicomPatient
 
-__all__ = ["ClassTree", "SlicerInstallHost", "askExportPath", "dicomFiles"]
+__all__ = ["ClassTree", "SlicerInstallHost", "askExportPath", "dicomFiles", "dicomPatient"]

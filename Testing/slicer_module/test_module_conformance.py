@@ -129,7 +129,7 @@ def test_module_compiles_for_slicers_python() -> None:
 
 def test_module_file_stays_thin() -> None:
     """Qt item building, dialogs and the install host live in AutoMedSAMSlicerLib, as SlicerNNUnet's Lib does."""
-    assert len(SOURCE.splitlines()) < 620
+    assert len(SOURCE.splitlines()) < 600
     assert {"ClassTree.py", "InstallHost.py", "ExportDialog.py"} <= set(LIB_TREES)
 
 

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from engine_fakes import FakeModel, phantom
 from mrml_nodes import add_volume_node
@@ -322,6 +323,45 @@ def test_export_notes_overlapping_segments(scene, ct_node, logic) -> None:
     result = segmentation_result(node, ct_node)
     assert [s.key for s in result.segments] == ["liver", "lesion", "lesion_3"]
     assert result.messages == ["8 voxels belong to more than one segment; the later segment was kept"]
+
+
+def test_save_as_training_case_keeps_the_users_corrections(scene, ct_node, logic, tmp_path) -> None:
+    from automedsam_training.importers import import_nnunet_folder
+
+    node = logic.run(SegmentationRequest(ct_node, ("liver", "spleen"))).segmentation_node
+    liver = slicer_bridge.segment_mask(node, "liver", ct_node)
+    liver[:4] = False
+    paint(scene, node, ct_node, liver, "liver")                   # the user corrects the liver ...
+    gallbladder = np.zeros(liver.shape, bool)
+    gallbladder[8:10, 16:20, 20:24] = True
+    gallbladder &= ~liver & ~slicer_bridge.segment_mask(node, "spleen", ct_node)
+    paint(scene, node, ct_node, gallbladder, name="Gallbladder")  # ... and draws a class the model lacks
+    first = logic.save_training_case(node, ct_node, tmp_path / "dataset", patient="P7")
+    second = logic.save_training_case(node, ct_node, tmp_path / "dataset", patient="P7")
+    assert ct_node.GetName() == "Phantom CT"
+    assert (first.case_id, second.case_id) == ("Phantom_CT", "Phantom_CT_2")   # a file name; nothing replaced
+    catalog = default_catalog()
+    saved = slicer_bridge.volume_from_node(ct_node).with_array(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(first.label))))
+    assert np.array_equal(saved.array == catalog.get("liver").label_value, liver)
+    assert np.array_equal(saved.array == catalog.get("gallbladder").label_value, gallbladder) and gallbladder.any()
+    spec = import_nnunet_folder(tmp_path / "dataset")
+    assert [c.patient_id for c in spec.cases] == ["P7", "P7"]
+    assert {"liver", "spleen", "gallbladder"} <= set(spec.classes())
+
+
+def test_save_as_training_case_refuses_overlaps_and_unknown_segments(scene, ct_node, logic, tmp_path) -> None:
+    node = logic.run(SegmentationRequest(ct_node, ("liver",))).segmentation_node
+    lesion = np.zeros((12, 40, 48), bool)
+    lesion[8:10, 30:34, 40:44] = True
+    paint(scene, node, ct_node, lesion, name="Lesion")
+    with pytest.raises(InputError, match=r"segments \['Lesion'\] are no catalog class"):
+        logic.save_training_case(node, ct_node, tmp_path / "dataset")
+    inside = slicer_bridge.segment_mask(node, "liver", ct_node)
+    paint(scene, node, ct_node, inside, name="Spleen")
+    with pytest.raises(InputError, match="a training label map holds one class per voxel"):
+        logic.save_training_case(node, ct_node, tmp_path / "dataset")
+    assert not (tmp_path / "dataset").exists()
 
 
 def test_export_refuses_a_missing_segmentation(scene, ct_node, logic, tmp_path) -> None:

@@ -69,18 +69,41 @@ def export_training_case(image: Path | str, segmentation: Path | str, dataset: P
     exists, the modality differs from the dataset's, a segment maps to no class, or segments overlap."""
     dataset, segmentation = Path(dataset).expanduser(), Path(segmentation).expanduser()
     case_id = _checked_case_id(case_id or _stem(Path(image)))
+    _case_paths(dataset, case_id)
+    volume, _ = read_input(image, modality, series)
+    labels, mappings = read_corrected_labels(segmentation, volume, choices or SegmentChoices(), resample)
+    return add_training_case(volume, labels, dataset, case_id, patient, tuple(mappings))
+
+
+def add_training_case(volume: Volume, labels: np.ndarray, dataset: Path | str, case_id: str,
+                      patient: str | None = None, segments: tuple[SegmentMapping, ...] = ()) -> ExportedCase:
+    """Write `volume` and its KJI label map of catalog label values as case `case_id` of the dataset folder."""
+    dataset = Path(dataset).expanduser()
+    case_id = _checked_case_id(case_id)
+    volume.validate()
     manifest = _read_manifest(dataset)
     targets = _case_paths(dataset, case_id)
-    volume, _ = read_input(image, modality, series)
-    volume.validate()
     _check_modality(manifest, volume.modality, dataset)
-    labels, mappings = read_corrected_labels(segmentation, volume, choices or SegmentChoices(), resample)
     classes = _present_classes(labels)
+    if not classes:
+        raise InputError("the segmentation labels no voxel with a catalog class, so there is nothing to train on")
     manifest = _updated_manifest(manifest, dataset, volume.modality, case_id, patient or case_id, classes)
+    labels = np.asarray(labels).astype(label_dtype(int(np.max(labels))))
     _write_all([(targets[0], lambda path: sitk.WriteImage(volume.to_sitk(), str(path), True)),
                 (targets[1], lambda path: sitk.WriteImage(volume.to_sitk(labels), str(path), True)),
                 (dataset / "dataset.json", lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))])
-    return ExportedCase(case_id, patient or case_id, targets[0], targets[1], tuple(classes), tuple(mappings))
+    return ExportedCase(case_id, patient or case_id, targets[0], targets[1], tuple(classes), segments)
+
+
+def free_case_id(dataset: Path | str, wanted: str) -> str:
+    """`wanted` made a valid case id (other characters -> '_'), with `_2`, `_3`, ... when the dataset has it."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", wanted).strip("_.-") or "case"
+    candidate, number = base, 1
+    while any((Path(dataset) / folder / name).exists() for folder, name in
+              (("imagesTr", f"{candidate}_0000{FILE_ENDING}"), ("labelsTr", f"{candidate}{FILE_ENDING}"))):
+        number += 1
+        candidate = f"{base}_{number}"
+    return candidate
 
 
 def read_corrected_labels(segmentation: Path, volume: Volume, choices: SegmentChoices,

@@ -26,7 +26,7 @@ import torch
 from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
-from ..catalog import ClassCatalog, OrganClass, default_catalog
+from ..catalog import CUSTOM_REGION, ClassCatalog, OrganClass, default_catalog
 from ..engine import EmbeddingCache, EngineOptions, ProgressCallback, RasBox, SegmentationModel, segment
 from ..errors import AutoMedSAMError, Cancelled, InputError
 from ..io import write_result
@@ -250,6 +250,23 @@ class SceneSegmenter:
         result = segmentation_result(segmentation_node, reference_volume_node, self.catalog)
         return write_result(result, path, self._dicom_files(reference_volume_node) or None)
 
+    def save_training_case(self, segmentation_node: Any, reference_volume_node: Any, dataset: Path | str,
+                           patient: str | None = None) -> Any:
+        """Add the volume and the segmentation as it is now to an nnU-Net-style training dataset (see
+        `automedsam_training.case_export`); the case is named after the volume, never replacing one. Returns
+        the `ExportedCase`."""
+        from automedsam_training.case_export import add_training_case, free_case_id
+
+        if segmentation_node is None or segmentation_node.GetScene() is None:
+            raise InputError("no segmentation to save; run AutoMedSAM or select a segmentation first")
+        problem = volume_problem(reference_volume_node)
+        if problem:
+            raise InputError(problem)
+        result = segmentation_result(segmentation_node, reference_volume_node, self.catalog)
+        labels = trainable_labels(result, self.catalog)
+        case_id = free_case_id(dataset, reference_volume_node.GetName())
+        return add_training_case(result.volume, labels, dataset, case_id, patient)
+
 
 # ------------------------------------------------------------------------------------------------- helpers
 def roi_box(roi_node: Any, volume_node: Any) -> RasBox:
@@ -328,6 +345,28 @@ def segmentation_result(segmentation_node: Any, reference_volume_node: Any,
     messages = [f"{overlap} voxels belong to more than one segment; the later segment was kept"] if overlap else []
     dtype = label_dtype(max((s.label_value for s in segments), default=0))
     return LabelVolume(labels.astype(dtype), volume, tuple(segments), messages=messages)
+
+
+def trainable_labels(result: LabelVolume, catalog: ClassCatalog) -> np.ndarray:
+    """The label map in catalog label values, for training. A segment the user drew counts when its name is a
+    class's; overlapping segments and segments of no class are refused (their names say which)."""
+    if result.messages:
+        raise InputError(f"{result.messages[0].split(';')[0]}, and a training label map holds one class per voxel: "
+                         "remove the overlap in Segment Editor (masking: overwrite other segments) and save again")
+    labels = np.zeros(result.labels.shape, dtype=np.uint16)
+    unknown = []
+    for drawn in result.segments:
+        mask = result.labels == drawn.label_value
+        organ = drawn.organ if drawn.organ.region != CUSTOM_REGION else (
+            catalog.get(drawn.name) if drawn.name in catalog else None)
+        if organ is None and mask.any():
+            unknown.append(drawn.name)
+        elif organ is not None:
+            labels[mask] = organ.label_value
+    if unknown:
+        raise InputError(f"segments {unknown} are no catalog class; name each after a class (`automedsam classes`) "
+                         "or delete it, then save again")
+    return labels
 
 
 def _segment_class(segment: Any, key: str | None, catalog: ClassCatalog, taken: Sequence[int]) -> OrganClass:
