@@ -10,7 +10,7 @@ Folders: `<run.output>/lopo-<patient>/` is an ordinary training run plus `evalua
 gets `lopo.csv` (one row per patient, class) and `lopo.md` (per-class table, per-patient means, overall means).
 Resumable: a fold with its evaluation is read back, a fold with a model is only evaluated, a fold with a training
 state is resumed exactly (`Trainer.run(resume=True)`), other folds start. Encoded left-out volumes are kept in
-`<run.output>/lopo-embeddings/`, so re-running with another recipe on the same base model skips the encoder.
+`<run.cache_dir>/engine/` (keyed by voxels, preprocessing and encoder), so another recipe skips the encoder.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def run_fold(config: TrainConfig, spec: DatasetSpec, fold: Fold, say: Say, boxes
             trainer.close()
     say(f"patient {fold.patient}: segmenting {', '.join(fold.cases)}")
     model = model_loader(model_path)
-    cache = EmbeddingCache(config.output_dir / "lopo-embeddings")
+    cache = EmbeddingCache(Path(config.run.cache_dir).expanduser() / "engine")
     rows = evaluate(model, spec, list(fold.cases), device=config.run.device, cache=cache,
                     modes=("class", "box") if boxes else ("class",))
     write_reports(rows, fold.folder, f"Patient {fold.patient} left out")
