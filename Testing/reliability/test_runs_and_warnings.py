@@ -129,6 +129,35 @@ def test_ctrl_c_during_the_openvino_conversion_propagates(monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_failing_conversion_shows_none_of_torchs_log(monkeypatch, capfd):
+    """What torch.export logs or warns while it fails stays out of the user's terminal; the error still comes."""
+    import logging
+    import warnings
+
+    def noisy_export(*args: object, **kwargs: object) -> None:
+        for number in range(100):
+            logging.getLogger("torch._dynamo").error("dynamo log line %d", number)
+        warnings.warn("a torch warning", UserWarning, stacklevel=1)
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(torch.export, "export", noisy_export)
+    pytest.importorskip("openvino")
+    with pytest.raises(RuntimeError, match="export failed"):
+        acceleration.convert_module(_Small(), (torch.rand(2, 4),))
+    captured = capfd.readouterr()
+    assert "dynamo log line" not in captured.err + captured.out and "a torch warning" not in captured.err
+    assert logging.getLogger("torch._dynamo").isEnabledFor(logging.ERROR)   # logging is back afterwards
+
+
+def test_automatic_device_says_when_it_runs_on_the_cpu(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with caplog.at_level("INFO", logger="automedsam"):
+        segment(phantom(shape_kji=(4, 40, 48)), ["liver"], FakeModel(), EngineOptions(device="auto"))
+    lines = [r.getMessage() for r in caplog.records if "running on" in r.getMessage()]
+    assert len(lines) == 1 and "running on cpu (no GPU found)" in lines[0]
+
+
 def test_a_conversion_error_falls_back_with_one_warning_line(monkeypatch):
     warnings: list[str] = []
 
