@@ -142,3 +142,31 @@ def test_checkpoint_round_trip_and_uncertainty_from_probabilities(model: AutoMed
     assert torch.equal(out.logits, again.logits) and torch.equal(out.presence_logits, again.presence_logits)
     probabilities = torch.sigmoid(out.logits.float())
     assert torch.allclose(out.probability_std, (probabilities * (1 - probabilities)).sqrt())
+
+
+def test_presence_learns_from_the_image_wherever_the_organ_is() -> None:
+    """Presence must depend on the slice, not only on the class: a pattern anywhere means present."""
+    encoder = _encoder(trunk_depth=1).train()
+    generator = torch.Generator().manual_seed(4)
+    pattern = torch.randn(32, 3, 3, generator=generator)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = 0.3 * torch.randn(n, 32, 16, 16, generator=generator)
+        present = torch.arange(n) % 2 == 0
+        for i in torch.nonzero(present).flatten().tolist():
+            row, col = torch.randint(0, 13, (2,), generator=generator).tolist()
+            embeddings[i, :, row:row + 3, col:col + 3] += pattern
+        return embeddings, present
+
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    for _ in range(40):
+        embeddings, present = batch(8)
+        logits = encoder.condition(embeddings, torch.tensor([2])).presence_logits[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, present.float())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    embeddings, present = batch(16)
+    with torch.no_grad():
+        logits = encoder.eval().condition(embeddings, torch.tensor([2])).presence_logits[:, 0]
+    assert ((logits > 0) == present).all(), logits

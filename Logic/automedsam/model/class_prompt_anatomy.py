@@ -7,9 +7,9 @@ frozen mask decoder's mask. See `docs/model-card.md` for the leave-one-patient-o
 
 - Trunk, once per slice: a 1x1 conv 256 -> h, then residual 3x3 blocks with dilations 1, 2, 4, 8, ... (GroupNorm,
   GELU); four blocks see about half the 64 x 64 grid, so a class is recognised relative to the body (spine, organs).
-- Presence, for every class at once and cheaply (so training can cover every class on every slice): a query per
-  class attends over the trunk features (softmax over space); an MLP of the pooled vector and the best attention
-  logit gives one logit per (slice, class).
+- Presence, for every class at once and cheaply (so training can cover every class on every slice): the projected
+  trunk, FiLM-modulated per class (elementwise), max- and mean-pooled over space, then an MLP: one logit per
+  (slice, class).
 - Per (slice, class) pair, batched over pairs and run only for pairs that are decoded: FiLM of a 1x1 projection of
   the trunk by a learned class embedding, two residual 3x3 blocks (the second dilated) -> class features f;
   dense prompt = zero-initialised 1x1 conv of f + SAM's "no mask" embedding; 2 sparse tokens = linear(class
@@ -77,10 +77,9 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         self.stem = nn.Conv2d(config.prompt_dim, width, 1)
         self.trunk = nn.Sequential(*(DilatedBlock(width, 2 ** (i % 4)) for i in range(config.trunk_depth)))
         self.trunk_norm = nn.GroupNorm(_groups(width), width)
-        self.presence_query = nn.Linear(config.class_dim, dim)
-        self.presence_key = nn.Conv2d(width, dim, 1)
-        self.presence_value = nn.Conv2d(width, dim, 1)
-        self.presence_head = nn.Sequential(nn.Linear(dim + config.class_dim + 1, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.presence_in = nn.Conv2d(width, head, 1)
+        self.presence_film = nn.Linear(config.class_dim, 2 * head)
+        self.presence_head = nn.Sequential(nn.Linear(2 * head + config.class_dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.project = nn.Conv2d(width, head, 1)
         self.film = nn.Linear(config.class_dim, 2 * head)
         self.blocks = nn.Sequential(DilatedBlock(head, 1), DilatedBlock(head, 2))
@@ -109,16 +108,19 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         return AnatomyCondition((b, c), trunk, slices, classes, presence)
 
     def presence(self, trunk: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
-        """Trunk features (B, h, G, G), classes (C,) -> presence logits (B, C) by per-class attention pooling."""
+        """Trunk features (B, h, G, G), classes (C,) -> presence logits (B, C).
+
+        The trunk, projected and FiLM-modulated per class (elementwise: no convolution per class), is max- and
+        mean-pooled over space: "is there a place that looks like class c" does not depend on where it is. (An
+        attention-pooled mean was tried first: after GroupNorm its value hardly depends on the image, and the head
+        learned each class's prior, the same on every slice.)
+        """
         codes = self.class_embedding(class_indices)                               # (C, class_dim)
-        query = self.presence_query(codes)                                        # (C, d)
-        keys = self.presence_key(trunk).flatten(2)                                # (B, d, G*G)
-        values = self.presence_value(trunk).flatten(2)                            # (B, d, G*G)
-        logits = torch.einsum("cd,bdn->bcn", query, keys) / math.sqrt(query.shape[-1])
-        pooled = torch.einsum("bcn,bdn->bcd", logits.softmax(dim=-1), values)     # (B, C, d)
-        best = logits.amax(dim=-1, keepdim=True)                                  # (B, C, 1)
-        features = torch.cat([pooled, codes[None].expand(trunk.shape[0], -1, -1).to(pooled), best], dim=-1)
-        return self.presence_head(features).squeeze(-1)
+        gamma, beta = self.presence_film(codes)[None, :, :, None, None].chunk(2, dim=2)
+        features = F.gelu(self.presence_in(trunk)[:, None] * (1 + gamma) + beta)   # (B, C, head, G, G)
+        pooled = torch.cat([features.amax(dim=(-2, -1)), features.mean(dim=(-2, -1))], dim=-1)
+        codes = codes[None].expand(trunk.shape[0], -1, -1).to(pooled)
+        return self.presence_head(torch.cat([pooled, codes], dim=-1)).squeeze(-1)
 
     def presence_before_prompts(self, condition: AnatomyCondition) -> torch.Tensor:
         """Presence is known from the trunk, before any prompt is made."""
