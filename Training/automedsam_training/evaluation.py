@@ -114,9 +114,9 @@ def write_reports(rows: Sequence[EvaluationRow], folder: Path | str,
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "evaluation.csv"
     fieldnames = list(EvaluationRow.__dataclass_fields__)
-    _atomic_text(csv_path, lambda f: _write_csv(f, fieldnames, rows))
+    write_text_atomically(csv_path, lambda f: _write_csv(f, fieldnames, rows))
     md_path = folder / "evaluation.md"
-    _atomic_text(md_path, lambda f: f.write(markdown_report(rows, title)))
+    write_text_atomically(md_path, lambda f: f.write(markdown_report(rows, title)))
     return [csv_path, md_path, box_plot(rows, folder / "evaluation_dice.png", title)]
 
 
@@ -142,7 +142,8 @@ def _write_csv(file: object, fieldnames: list[str], rows: Sequence[EvaluationRow
                          for k, v in asdict(row).items()})
 
 
-def _atomic_text(path: Path, write: Callable[[object], None]) -> None:
+def write_text_atomically(path: Path, write: Callable[[object], None]) -> None:
+    """Write a text file through a temporary name, so a report is never left half written."""
     temporary = path.with_name(f".{path.name}.part")
     with open(temporary, "w", newline="", encoding="utf-8") as file:
         write(file)

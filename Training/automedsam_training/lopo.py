@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from automedsam.volume import canonical_view
 
 from .alignment import read_labelled_volume
 from .config import TrainConfig
-from .evaluation import EvaluationRow, evaluate, read_rows, write_reports
+from .evaluation import EvaluationRow, evaluate, read_rows, write_reports, write_text_atomically
 from .spec import CaseSpec, DatasetSpec, load_spec
 from .state import STATE_FILE
 from .trainer import ModelFactory, Trainer, training_classes
@@ -182,8 +181,8 @@ def write_lopo_reports(rows: Sequence[EvaluationRow], folder: Path) -> list[Path
     """`lopo.csv` (every class-prompt row) and `lopo.md` (tables with means) in `folder`."""
     csv_path, md_path = folder / "lopo.csv", folder / "lopo.md"
     fieldnames = list(EvaluationRow.__dataclass_fields__)
-    _atomic(csv_path, lambda f: _csv(f, fieldnames, [r for r in rows if r.mode == "class"]))
-    _atomic(md_path, lambda f: f.write(lopo_markdown(rows)))
+    write_text_atomically(csv_path, lambda f: _csv(f, fieldnames, [r for r in rows if r.mode == "class"]))
+    write_text_atomically(md_path, lambda f: f.write(lopo_markdown(rows)))
     return [csv_path, md_path]
 
 
@@ -193,13 +192,6 @@ def _csv(file: object, fieldnames: list[str], rows: Sequence[EvaluationRow]) -> 
     for row in rows:
         writer.writerow({k: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v
                          for k, v in row.__dict__.items()})
-
-
-def _atomic(path: Path, write: Callable[[object], None]) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    with open(temporary, "w", newline="", encoding="utf-8") as file:
-        write(file)
-    os.replace(temporary, path)
 
 
 def _cell(value: float) -> str:

@@ -104,7 +104,7 @@ class AutoMedSAM(LiteMedSAM):
         """
         config = replace(config or ClassPromptConfig(), num_classes=len(classes))
         encoder = build_class_prompt_encoder(config)
-        if hasattr(encoder, "init_dense_bias"):
+        if hasattr(encoder, "dense_bias"):
             encoder.init_dense_bias(self.prompt_encoder.no_mask_embed.weight.detach().cpu())
         self.attach_class_prompt_encoder(encoder, classes)
         return encoder

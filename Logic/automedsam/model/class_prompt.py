@@ -135,6 +135,12 @@ class ClassPromptModule(nn.Module):
         """Prompt embeddings from a condition: deterministic for `sample=None`, else noise sample number `sample`."""
         raise NotImplementedError
 
+    def init_dense_bias(self, no_mask_embedding: torch.Tensor) -> None:
+        """Start the dense output (`dense_bias`, every variant has one) at SAM's "no mask" embedding (256,), the
+        dense part of every box prompt."""
+        with torch.no_grad():
+            self.dense_bias.copy_(no_mask_embedding.reshape(-1))
+
     def presence_before_prompts(self, condition: Any) -> torch.Tensor | None:
         """(B, C) presence logits when the variant knows them before sampling prompts (so absent pairs need no
         prompts), else None."""
@@ -160,8 +166,21 @@ class ClassPromptModule(nn.Module):
         raise NotImplementedError
 
     def extend_classes(self, count: int) -> range:
-        """Add `count` classes after the existing ones, keeping what was learned for those; returns new indices."""
-        raise NotImplementedError
+        """Add `count` classes after the existing ones, keeping what was learned for those; returns new indices.
+
+        Variants with a learned `class_embedding` table append `count` rows (N(0, 1), like a fresh table); build
+        the optimiser after extending, since the table is a new parameter.
+        """
+        if count < 1:
+            raise InputError(f"the number of classes to add must be positive, got {count}")
+        old = self.class_embedding.weight
+        table = nn.Embedding(old.shape[0] + count, old.shape[1]).to(old.device, old.dtype)
+        with torch.no_grad():
+            table.weight[: old.shape[0]] = old
+        table.weight.requires_grad_(old.requires_grad)
+        self.class_embedding = table
+        self.config = replace(self.config, num_classes=old.shape[0] + count)
+        return range(old.shape[0], old.shape[0] + count)
 
     def forward(self, embeddings: torch.Tensor, class_indices: torch.Tensor,
                 sample: int | None = None) -> PromptEmbeddings:
@@ -376,11 +395,6 @@ class ClassPromptEncoder(ClassPromptModule):
         nn.init.zeros_(self.dense_out.weight)
         nn.init.zeros_(self.dense_out.bias)
 
-    def init_dense_bias(self, no_mask_embedding: torch.Tensor) -> None:
-        """Start the dense output at SAM's "no mask" embedding (256,), the dense part of every box prompt."""
-        with torch.no_grad():
-            self.dense_bias.copy_(no_mask_embedding.reshape(-1))
-
     def condition(self, embeddings: torch.Tensor, class_indices: torch.Tensor) -> ClassCondition:
         """Trunk once per slice, class heads once per (slice, class): (B, 256, 64, 64), (C,) -> `ClassCondition`."""
         self._check_inputs(embeddings, class_indices)
@@ -464,21 +478,6 @@ class ClassPromptEncoder(ClassPromptModule):
         sparse_error = (predicted - x0).pow(2).mean(dim=(1, 2)).view(b, c)
         return combine_losses(sparse_error, prompts, target_dense, present)
 
-    def extend_classes(self, count: int) -> range:
-        """Append `count` class embeddings (N(0, 1) like a fresh table), keeping the existing rows unchanged.
-
-        Build the optimiser after extending: the embedding table is a new parameter.
-        """
-        if count < 1:
-            raise InputError(f"the number of classes to add must be positive, got {count}")
-        old = self.class_embedding.weight
-        table = nn.Embedding(old.shape[0] + count, old.shape[1]).to(old.device, old.dtype)
-        with torch.no_grad():
-            table.weight[: old.shape[0]] = old
-        table.weight.requires_grad_(old.requires_grad)
-        self.class_embedding = table
-        self.config = replace(self.config, num_classes=old.shape[0] + count)
-        return range(old.shape[0], old.shape[0] + count)
 
 
 def build_class_prompt_encoder(config: ClassPromptConfig) -> ClassPromptModule:

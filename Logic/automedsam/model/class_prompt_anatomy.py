@@ -22,14 +22,12 @@ the mask probabilities instead.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
-from ..errors import InputError
 from .class_prompt import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings, combine_losses
 
 
@@ -92,11 +90,6 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         nn.init.zeros_(self.dense_out.weight)
         nn.init.zeros_(self.dense_out.bias)
 
-    def init_dense_bias(self, no_mask_embedding: torch.Tensor) -> None:
-        """Start the dense output at SAM's "no mask" embedding (256,)."""
-        with torch.no_grad():
-            self.dense_bias.copy_(no_mask_embedding.reshape(-1))
-
     def condition(self, embeddings: torch.Tensor, class_indices: torch.Tensor) -> AnatomyCondition:
         """(B, 256, 64, 64), (C,) -> trunk once per slice and presence of every (slice, class) pair."""
         self._check_inputs(embeddings, class_indices)
@@ -154,16 +147,3 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         prompts = self.prompts(condition)
         sparse_error = (prompts.sparse - target_sparse.to(prompts.sparse)).pow(2).mean(dim=(2, 3)).float()
         return combine_losses(sparse_error, prompts, target_dense, present)
-
-    def extend_classes(self, count: int) -> range:
-        """Append `count` class embeddings (N(0, 1) like a fresh table), keeping the existing rows unchanged."""
-        if count < 1:
-            raise InputError(f"the number of classes to add must be positive, got {count}")
-        old = self.class_embedding.weight
-        table = nn.Embedding(old.shape[0] + count, old.shape[1]).to(old.device, old.dtype)
-        with torch.no_grad():
-            table.weight[: old.shape[0]] = old
-        table.weight.requires_grad_(old.requires_grad)
-        self.class_embedding = table
-        self.config = replace(self.config, num_classes=old.shape[0] + count)
-        return range(old.shape[0], old.shape[0] + count)

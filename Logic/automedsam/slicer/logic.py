@@ -242,13 +242,17 @@ class SceneSegmenter:
     def export(self, segmentation_node: Any, reference_volume_node: Any, path: Path | str) -> Path:
         """Write the segmentation as it is now (user edits included) to `.seg.nrrd`, NIfTI (+ JSON) or, for a
         folder path, DICOM SEG next to the volume's DICOM series; returns the written file."""
+        result = self._current_result(segmentation_node, reference_volume_node, "export")
+        return write_result(result, path, self._dicom_files(reference_volume_node) or None)
+
+    def _current_result(self, segmentation_node: Any, reference_volume_node: Any, verb: str) -> LabelVolume:
+        """The segmentation as it is now on the volume's grid, or `InputError` when either node cannot be used."""
         if segmentation_node is None or segmentation_node.GetScene() is None:
-            raise InputError("no segmentation to export; run AutoMedSAM or select a segmentation first")
+            raise InputError(f"no segmentation to {verb}; run AutoMedSAM or select a segmentation first")
         problem = volume_problem(reference_volume_node)
         if problem:
             raise InputError(problem)
-        result = segmentation_result(segmentation_node, reference_volume_node, self.catalog)
-        return write_result(result, path, self._dicom_files(reference_volume_node) or None)
+        return segmentation_result(segmentation_node, reference_volume_node, self.catalog)
 
     def save_training_case(self, segmentation_node: Any, reference_volume_node: Any, dataset: Path | str,
                            patient: str | None = None) -> Any:
@@ -257,12 +261,7 @@ class SceneSegmenter:
         the `ExportedCase`."""
         from automedsam_training.case_export import add_training_case, free_case_id
 
-        if segmentation_node is None or segmentation_node.GetScene() is None:
-            raise InputError("no segmentation to save; run AutoMedSAM or select a segmentation first")
-        problem = volume_problem(reference_volume_node)
-        if problem:
-            raise InputError(problem)
-        result = segmentation_result(segmentation_node, reference_volume_node, self.catalog)
+        result = self._current_result(segmentation_node, reference_volume_node, "save")
         labels = trainable_labels(result, self.catalog)
         case_id = free_case_id(dataset, reference_volume_node.GetName())
         return add_training_case(result.volume, labels, dataset, case_id, patient)
