@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -103,6 +104,9 @@ def run_command(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
     except KeyboardInterrupt:
         print(f"error: {interrupted}", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader stopped early (`automedsam classes | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:  # noqa: BLE001 - the one place that turns internal errors into exit code 1
         if args.debug:
             raise

@@ -97,3 +97,17 @@ def test_several_series_need_a_choice_and_the_message_says_how(workspace, two_se
 
 def test_unknown_series(workspace, two_series):
     assert_refused(workspace.segment("-c", "liver", "--series", "9.9.9", image=two_series), "no DICOM series '9.9.9'")
+
+
+def test_a_reader_that_stops_early_is_no_error(monkeypatch, capsys):
+    """`automedsam classes | head -1`: the closed pipe ends the listing quietly, without an internal error."""
+    import os
+
+    from automedsam import cli
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                   # the reader has gone: every write fails with EPIPE
+    closed = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", closed)
+    assert cli.main(["classes"]) == 0
+    assert "error" not in capsys.readouterr().err
