@@ -101,7 +101,8 @@ def test_surface_of_a_cube_and_empty_conventions():
 @pytest.mark.parametrize("variant", ["automedsam", "official"])
 def test_condition_loss_is_the_denoising_loss_on_a_shared_condition(variant):
     """The trainer computes the condition once and reuses it; that must not change the denoising loss."""
-    from automedsam.model.class_prompt import ClassPromptConfig, build_class_prompt_encoder
+    from automedsam.model.class_prompt import build_class_prompt_encoder
+    from automedsam.model.class_prompt_base import ClassPromptConfig
 
     config = ClassPromptConfig(variant=variant, num_classes=3, prompt_dim=32, grid_size=16, class_dim=16,
                                trunk_channels=16, trunk_mid_channels=16, head_channels=16, token_dim=32,

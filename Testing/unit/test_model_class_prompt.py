@@ -11,12 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from automedsam.errors import ModelError
-from automedsam.model.class_prompt import (
-    ClassPromptConfig,
-    ClassPromptEncoder,
-    PromptEmbeddings,
-    build_class_prompt_encoder,
-)
+from automedsam.model.class_prompt import VARIANT_ENCODERS, ClassPromptEncoder, build_class_prompt_encoder
+from automedsam.model.class_prompt_base import VARIANTS, ClassPromptConfig, PromptEmbeddings
 from automedsam.model.class_prompt_official import OfficialClassPromptEncoder
 
 SMALL = dict(num_classes=5, prompt_dim=32, grid_size=16, class_dim=16, trunk_channels=16, trunk_mid_channels=24,
@@ -157,6 +153,12 @@ def test_config_round_trips_through_plain_json() -> None:
 def test_bad_config_is_a_model_error(data: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         ClassPromptConfig.from_dict(data)
+
+
+def test_every_variant_a_config_accepts_has_an_encoder() -> None:
+    assert set(VARIANT_ENCODERS) == set(VARIANTS)
+    assert all(isinstance(build_class_prompt_encoder(ClassPromptConfig(variant=v, **SMALL)), VARIANT_ENCODERS[v])
+               for v in VARIANTS if v != "official")   # the official U-Net has fixed, wide layers
 
 
 @pytest.mark.parametrize("variant", ["automedsam", "official"])

@@ -21,7 +21,7 @@ from automedsam.model import (
     save_checkpoint,
 )
 from automedsam.model.automedsam import apply_checkpoint
-from automedsam.model.class_prompt import PromptEmbeddings
+from automedsam.model.class_prompt_base import PromptEmbeddings
 
 SMALL = dict(variant="anatomy", num_classes=5, prompt_dim=32, grid_size=16, class_dim=16, trunk_channels=16,
              head_channels=16, token_dim=32, trunk_depth=2)

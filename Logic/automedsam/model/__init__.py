@@ -9,15 +9,9 @@ Typical use::
 
 from .automedsam import DEFAULT_PREPROCESSING, AutoMedSAM, ClassOutput, apply_checkpoint, build_automedsam
 from .checkpoint import CHECKPOINT_SUFFIX, load_checkpoint, save_checkpoint, sha256_of
-from .class_prompt import (
-    ClassPromptConfig,
-    ClassPromptEncoder,
-    ClassPromptModule,
-    DenoisingLoss,
-    PromptEmbeddings,
-    build_class_prompt_encoder,
-)
+from .class_prompt import ClassPromptEncoder, build_class_prompt_encoder
 from .class_prompt_anatomy import AnatomyClassPromptEncoder
+from .class_prompt_base import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings
 from .class_prompt_official import OfficialClassPromptEncoder
 from .lite_medsam import (
     LITE_MEDSAM_SHA256,

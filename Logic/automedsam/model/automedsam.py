@@ -19,12 +19,8 @@ from torch import nn
 
 from ..errors import ModelError
 from .checkpoint import load_checkpoint, restore_class_prompt_encoder, state_dict_mismatch
-from .class_prompt import (
-    ClassPromptConfig,
-    ClassPromptModule,
-    PromptEmbeddings,
-    build_class_prompt_encoder,
-)
+from .class_prompt import build_class_prompt_encoder
+from .class_prompt_base import ClassPromptConfig, ClassPromptModule, PromptEmbeddings
 from .lite_medsam import LiteMedSAM, PairDecode, PairedMaskDecoder, load_lite_medsam
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {"image_size": 256, "ct_window": [40.0, 400.0], "mr_percentiles": [0.5, 99.5]}

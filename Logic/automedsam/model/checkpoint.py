@@ -29,7 +29,8 @@ import torch
 
 from ..errors import InputError, ModelError, OutputError
 from ..registry import file_sha256
-from .class_prompt import ClassPromptConfig, ClassPromptModule, build_class_prompt_encoder
+from .class_prompt import build_class_prompt_encoder
+from .class_prompt_base import ClassPromptConfig, ClassPromptModule
 
 if TYPE_CHECKING:
     from .automedsam import AutoMedSAM

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
-from .class_prompt import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings, combine_losses
+from .class_prompt_base import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings, combine_losses
 
 
 def _groups(channels: int) -> int:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .class_prompt import (
+from .class_prompt_base import (
     ClassPromptConfig,
     ClassPromptModule,
     DenoisingLoss,
