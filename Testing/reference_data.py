@@ -87,7 +87,7 @@ def chest_case() -> tuple[Path, Path]:
     image, labels = folder / "CTChest4.nrrd", folder / f"{CHEST_CASE}.nrrd"
     if image.exists() and labels.exists():
         return image, labels
-    from automedsam_training.slicer_import import SegmentChoices, import_slicer_segmentation
+    from automedsam_training.data.slicer_import import SegmentChoices, import_slicer_segmentation
 
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{image.name}.part"

@@ -166,9 +166,9 @@ def run_export_training(args: argparse.Namespace) -> None:
     check_path_text(args.image, "image")
     check_path_text(args.segmentation, "segmentation")
     check_path_text(args.output, "dataset")
-    from automedsam_training.case_export import export_training_case
-    from automedsam_training.cli import parse_pairs
-    from automedsam_training.slicer_import import SegmentChoices
+    from automedsam_training.data.case_export import export_training_case
+    from automedsam_training.data.dataset_spec import parse_pairs
+    from automedsam_training.data.slicer_import import SegmentChoices
 
     choices = SegmentChoices(parse_pairs(args.rename), tuple(args.ignore), args.ignore_unmapped)
     case = export_training_case(args.image, args.segmentation, args.output, args.case_id, args.patient,

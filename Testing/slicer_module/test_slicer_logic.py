@@ -326,7 +326,7 @@ def test_export_notes_overlapping_segments(scene, ct_node, logic) -> None:
 
 
 def test_save_as_training_case_keeps_the_users_corrections(scene, ct_node, logic, tmp_path) -> None:
-    from automedsam_training.importers import import_nnunet_folder
+    from automedsam_training.data.folder_import import import_nnunet_folder
 
     node = logic.run(SegmentationRequest(ct_node, ("liver", "spleen"))).segmentation_node
     liver = slicer_bridge.segment_mask(node, "liver", ct_node)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from training_fakes import write_nnunet_folder
 
-from automedsam_training.importers import import_nnunet_folder
-from automedsam_training.spec import save_spec
+from automedsam_training.data.dataset_spec import save_spec
+from automedsam_training.data.folder_import import import_nnunet_folder
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from automedsam import cli
 from automedsam.catalog import default_catalog
 from automedsam.io import write_nifti_labels, write_seg_nrrd
 from automedsam.result import LabelVolume, Segment
-from automedsam_training.importers import import_nnunet_folder
+from automedsam_training.data.folder_import import import_nnunet_folder
 
 
 def _result(volume, classes: dict[str, tuple[slice, ...]]) -> LabelVolume:

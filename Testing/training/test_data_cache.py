@@ -13,17 +13,17 @@ import torch
 from engine_fakes import FakeModel
 from training_fakes import phantom_case, tiny_model
 
-import automedsam_training.cache as cache_module
+import automedsam_training.data.embedding_store as cache_module
 from automedsam.engine import EngineOptions, segment
 from automedsam.errors import OutputError
 from automedsam.io import read_volume
 from automedsam.preprocess import PreprocessConfig
-from automedsam_training.alignment import LabelledVolume
-from automedsam_training.augment import AugmentConfig
-from automedsam_training.cache import EmbeddingStore
-from automedsam_training.data import PreparedCase, SplitConfig, item_targets, validation_range
-from automedsam_training.importers import totalsegmentator_label_map
-from automedsam_training.spec import CaseSpec
+from automedsam_training.data.alignment import LabelledVolume
+from automedsam_training.data.augment import AugmentConfig
+from automedsam_training.data.dataset_spec import CaseSpec
+from automedsam_training.data.embedding_store import EmbeddingStore
+from automedsam_training.data.folder_import import totalsegmentator_label_map
+from automedsam_training.data.prepared_case import PreparedCase, SplitConfig, item_targets, validation_range
 
 
 class RecordingModel(FakeModel):

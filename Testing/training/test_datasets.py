@@ -12,13 +12,13 @@ from training_fakes import phantom_case, write_nnunet_folder
 
 from automedsam.errors import InputError
 from automedsam.volume import Volume
-from automedsam_training.alignment import align_labels, read_labelled_volume
-from automedsam_training.importers import (
+from automedsam_training.data.alignment import align_labels, read_labelled_volume
+from automedsam_training.data.dataset_spec import CaseSpec, load_spec, save_spec
+from automedsam_training.data.folder_import import (
     import_nnunet_folder,
     import_totalsegmentator_reference,
     totalsegmentator_label_map,
 )
-from automedsam_training.spec import CaseSpec, load_spec, save_spec
 
 
 def test_nnunet_import_round_trips_through_a_spec_file(tmp_path):

@@ -11,8 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from training_fakes import tiny_config, tiny_factory, tiny_trainer
 
-from automedsam_training.logs import read_rows
-from automedsam_training.trainer import Trainer
+from automedsam_training.training.logs import read_rows
+from automedsam_training.training.trainer import Trainer
 
 
 def _free_port() -> int:

@@ -12,9 +12,9 @@ from engine_fakes import FakeModel, phantom
 
 from automedsam.volume import canonical_view
 from automedsam_training import cli
-from automedsam_training.alignment import LabelledVolume
-from automedsam_training.evaluation import crop_slices, evaluate_case, write_reports
-from automedsam_training.spec import CaseSpec
+from automedsam_training.data.alignment import LabelledVolume
+from automedsam_training.data.dataset_spec import CaseSpec
+from automedsam_training.evaluation.evaluate import crop_slices, evaluate_case, write_reports
 
 
 def _engine_phantom() -> LabelledVolume:
@@ -88,7 +88,7 @@ def test_init_from_a_checkpoint_appends_classes_and_keeps_the_old_ones(tmp_path)
     from automedsam.loading import load_model
     from automedsam.model import save_checkpoint
     from automedsam_training.config import load_config
-    from automedsam_training.modeling import build_training_model, freeze_for_training
+    from automedsam_training.model.training_model import build_training_model, freeze_for_training
 
     model = load_model("litemedsam")
     model.attach_new_class_prompt_encoder(["liver"])

@@ -12,11 +12,11 @@ from training_fakes import TINY_SHA256, tiny_config, tiny_factory, tiny_model, w
 from automedsam.errors import InputError
 from automedsam.model import apply_checkpoint, load_checkpoint
 from automedsam_training import cli
-from automedsam_training.evaluation import EvaluationRow
-from automedsam_training.importers import import_nnunet_folder
-from automedsam_training.lopo import lopo_markdown, plan_folds, run_lopo, summarise
-from automedsam_training.spec import load_spec, save_spec
-from automedsam_training.state import load_state
+from automedsam_training.data.dataset_spec import load_spec, save_spec
+from automedsam_training.data.folder_import import import_nnunet_folder
+from automedsam_training.evaluation.evaluate import EvaluationRow
+from automedsam_training.evaluation.lopo import lopo_markdown, plan_folds, run_lopo, summarise
+from automedsam_training.training.state import load_state
 
 
 def _loader(path: Path):

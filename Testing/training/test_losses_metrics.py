@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from automedsam_training.losses import (
+from automedsam_training.evaluation.metrics import dice_score, normalized_surface_dice, surface
+from automedsam_training.training.losses import (
     UncertaintyWeighting,
     bce_loss,
     dice_loss,
@@ -17,7 +18,6 @@ from automedsam_training.losses import (
     per_sample_mean,
     presence_loss,
 )
-from automedsam_training.metrics import dice_score, normalized_surface_dice, surface
 
 BIG = 30.0  # a logit whose sigmoid is 1 (or 0) to float precision
 

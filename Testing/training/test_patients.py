@@ -9,7 +9,7 @@ import pytest
 import reference_data
 
 from automedsam.errors import InputError
-from automedsam_training.spec import load_spec, spec_from_dict
+from automedsam_training.data.dataset_spec import load_spec, spec_from_dict
 
 REFERENCE_PATIENTS = {"ct": ["ct"], "ct_dicom": ["ct_dicom"], "mr_sm": ["mr_sm"], "ct_chest": ["ct_chest"]}
 

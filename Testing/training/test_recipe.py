@@ -12,10 +12,10 @@ from torch.utils.data import default_collate
 from training_fakes import tiny_config, tiny_model
 
 from automedsam.errors import InputError
-from automedsam_training.augment import AugmentConfig, augment_slice
 from automedsam_training.config import LossConfig, load_config
-from automedsam_training.losses import FixedWeighting, UncertaintyWeighting
-from automedsam_training.step import TrainingModule, make_weighting
+from automedsam_training.data.augment import AugmentConfig, augment_slice
+from automedsam_training.training.losses import FixedWeighting, UncertaintyWeighting
+from automedsam_training.training.step import TrainingModule, make_weighting
 
 
 def _slice() -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ import slicerio
 
 from automedsam.errors import InputError
 from automedsam_training import cli
-from automedsam_training.alignment import read_labelled_volume
-from automedsam_training.slicer_import import SegmentChoices, import_slicer_segmentation, map_segments
+from automedsam_training.data.alignment import read_labelled_volume
+from automedsam_training.data.slicer_import import SegmentChoices, import_slicer_segmentation, map_segments
 
 CHEST_CODES = {"ribs": "ribs", "cervical vertebral column": "cervical_spine",
                "thoracic vertebral column": "thoracic_spine", "lumbar vertebral column": "lumbar_spine",

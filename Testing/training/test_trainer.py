@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import default_collate
 from training_fakes import TINY_SHA256, tiny_config, tiny_factory, tiny_model, tiny_trainer
 
-import automedsam_training.state as state_module
-import automedsam_training.step as step_module
+import automedsam_training.training.state as state_module
+import automedsam_training.training.step as step_module
 from automedsam.errors import InputError, OutputError
 from automedsam.model import apply_checkpoint, load_checkpoint
-from automedsam_training.importers import import_nnunet_folder
-from automedsam_training.logs import read_rows
-from automedsam_training.spec import save_spec
-from automedsam_training.state import load_state
-from automedsam_training.trainer import Trainer, TrainingDiverged
+from automedsam_training.data.dataset_spec import save_spec
+from automedsam_training.data.folder_import import import_nnunet_folder
+from automedsam_training.training.logs import read_rows
+from automedsam_training.training.state import load_state
+from automedsam_training.training.trainer import Trainer, TrainingDiverged
 
 
 def _weights(run_folder) -> dict[str, torch.Tensor]:
@@ -155,7 +155,7 @@ def test_a_class_without_positive_slices_is_refused(tmp_path, spec_path):
 
 
 def test_early_stopping_and_tensorboard(tmp_path, spec_path, monkeypatch):
-    import automedsam_training.trainer as trainer_module
+    import automedsam_training.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "validate", lambda *args, **kwargs: {"dice": 0.5, "per_class": {}})
     result = tiny_trainer(tmp_path, spec_path, **{"optim.steps": 20, "run.validate_every": 1,

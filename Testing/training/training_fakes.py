@@ -19,7 +19,7 @@ from torch import nn
 from automedsam.model import AutoMedSAM, ClassPromptConfig, PairedMaskDecoder
 from automedsam.volume import Volume
 from automedsam_training.config import TrainConfig, load_config
-from automedsam_training.trainer import Trainer
+from automedsam_training.training.trainer import Trainer
 
 IMAGE_SIZE = 64
 PROMPT_DIM = 32

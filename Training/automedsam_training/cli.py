@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from automedsam.cli import program_parser, run_command
-from automedsam.errors import InputError
 
 from . import __version__
 
@@ -113,17 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "lopo": commands.run_lopo, "export": commands.run_export}
     return run_command(args, handlers[args.command],
                        "interrupted; the last checkpoint (if any) is in the run folder: resume with --resume")
-
-
-def parse_pairs(items: Sequence[str]) -> dict[str, str]:
-    """`["a=b", ...]` -> {"a": "b"}; `InputError` for an item without '='."""
-    pairs = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise InputError(f"{item!r} must look like NAME=CLASS")
-        pairs[name] = value
-    return pairs
 
 
 if __name__ == "__main__":

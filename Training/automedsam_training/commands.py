@@ -13,17 +13,17 @@ from automedsam.loading import load_model
 from automedsam.model import load_checkpoint
 from automedsam.volume import canonical_view
 
-from .alignment import read_labelled_volume
-from .cli import parse_pairs
 from .config import config_from_dict, load_config
-from .evaluation import evaluate, write_reports
-from .importers import import_nnunet_folder, import_totalsegmentator_reference
-from .lopo import run_lopo as run_lopo_folds
-from .modeling import build_training_model, export_model, load_trained_state
-from .slicer_import import SegmentChoices, add_cases, import_slicer_segmentation
-from .spec import load_spec, save_spec
-from .state import STATE_FILE, load_state
-from .trainer import Trainer, training_classes
+from .data.alignment import read_labelled_volume
+from .data.dataset_spec import load_spec, parse_pairs, save_spec
+from .data.folder_import import import_nnunet_folder, import_totalsegmentator_reference
+from .data.slicer_import import SegmentChoices, add_cases, import_slicer_segmentation
+from .evaluation.evaluate import evaluate, write_reports
+from .evaluation.lopo import run_lopo as run_lopo_folds
+from .model.export import export_model
+from .model.training_model import build_training_model, load_trained_state
+from .training.state import STATE_FILE, load_state
+from .training.trainer import Trainer, training_classes
 
 
 def _say(message: str) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 from automedsam.errors import InputError
 
 from ._toml import tomllib
-from .augment import AugmentConfig
-from .data import VAL_POSITIONS
-from .spec import expand_path
+from .data.augment import AugmentConfig
+from .data.dataset_spec import expand_path
+from .data.prepared_case import VAL_POSITIONS
 
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUME_FREE_KEYS = frozenset({"run.device", "run.cache_dir", "run.tensorboard", "run.threads", "run.log_every",

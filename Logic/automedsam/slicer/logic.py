@@ -257,9 +257,9 @@ class SceneSegmenter:
     def save_training_case(self, segmentation_node: Any, reference_volume_node: Any, dataset: Path | str,
                            patient: str | None = None) -> Any:
         """Add the volume and the segmentation as it is now to an nnU-Net-style training dataset (see
-        `automedsam_training.case_export`); the case is named after the volume, never replacing one. Returns
+        `automedsam_training.data.case_export`); the case is named after the volume, never replacing one. Returns
         the `ExportedCase`."""
-        from automedsam_training.case_export import add_training_case, free_case_id
+        from automedsam_training.data.case_export import add_training_case, free_case_id
 
         result = self._current_result(segmentation_node, reference_volume_node, "save")
         labels = trainable_labels(result, self.catalog)

@@ -34,8 +34,8 @@ from automedsam.errors import InputError, OutputError
 from automedsam.io import read_volume
 
 from .alignment import CENTRE_TOLERANCE, _grid_difference, _index_map
-from .importers import merge_parts, merge_vertebra_labels
-from .spec import CaseSpec, DatasetSpec, LabelMap, check_shared_images
+from .dataset_spec import CaseSpec, DatasetSpec, LabelMap, check_shared_images
+from .folder_import import merge_parts, merge_vertebra_labels
 
 LABEL_SUFFIX = ".nrrd"
 _SNOMED_DESIGNATORS = {"SRT": "SCT"}  # DICOM's retired designator of SNOMED; numeric values are the same concepts
@@ -63,7 +63,7 @@ class SegmentMapping:
 
 @dataclass(frozen=True)
 class SegmentChoices:
-    """The user's choices: segment name -> class, names made background, and merges (see `importers`)."""
+    """The user's choices: segment name -> class, names made background, and merges (see `folder_import`)."""
 
     rename: Mapping[str, str] = field(default_factory=dict)
     ignore: tuple[str, ...] = ()

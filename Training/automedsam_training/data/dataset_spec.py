@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from automedsam.catalog import ClassCatalog, default_catalog
 from automedsam.errors import InputError, OutputError
 from automedsam.volume import MODALITIES
 
-from ._toml import tomllib
+from .._toml import tomllib
+from .patients import check_patients
 
 FORMAT_VERSION = 1
 LabelMap = dict[int, str | None]
@@ -142,8 +143,6 @@ def load_spec(path: Path | str, check_files: bool = True) -> DatasetSpec:
         raise InputError(f"dataset spec {path} cannot be parsed: {error}") from error
     spec = spec_from_dict(data, path.parent, str(path), check_files)
     if check_files:
-        from .patients import check_patients
-
         check_patients(spec, str(path))
     return spec
 
@@ -213,6 +212,17 @@ def parse_label_map(raw: Any, catalog: ClassCatalog | None = None, where: str = 
         except InputError as error:
             raise InputError(f"{where}, label value {value}: {error}") from None
     return result
+
+
+def parse_pairs(items: Sequence[str]) -> dict[str, str]:
+    """`--rename` options `["NAME=CLASS", ...]` -> {NAME: CLASS}; `InputError` for an item without '='."""
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{item!r} must look like NAME=CLASS")
+        pairs[name] = value
+    return pairs
 
 
 def _parse_case(raw: Any, index: int, root: Path, maps: dict[str, LabelMap], default_map: Any,

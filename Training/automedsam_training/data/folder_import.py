@@ -25,7 +25,7 @@ from typing import Any
 from automedsam.catalog import default_catalog
 from automedsam.errors import InputError
 
-from .spec import CaseSpec, DatasetSpec, LabelMap
+from .dataset_spec import CaseSpec, DatasetSpec, LabelMap
 
 VERTEBRA_PREFIX = "vertebrae_"
 MERGED_VERTEBRAE = "vertebrae"

@@ -4,7 +4,7 @@ For each case and each class its label map annotates, the class prompt encoder r
 pairs whose presence score is below 0.5 predict nothing (as in the engine), the others are decoded and thresholded
 at probability 0.5. Dice is accumulated over the slice range (a 3D Dice at model-input resolution, padding cropped)
 and averaged over the (case, class) pairs whose reference is not empty. This is the early-stopping signal; the full
-3D evaluation after post-processing is `evaluation.py`.
+3D evaluation after post-processing is `evaluation/evaluate.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from automedsam.model import AutoMedSAM
 from automedsam.preprocess import ResizeInfo
 
-from .dataset import TrainingSet
+from ..data.training_set import TrainingSet
 
 PRESENCE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5

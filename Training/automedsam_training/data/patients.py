@@ -1,7 +1,7 @@
 """One patient, one id: scans of the same patient listed as two patients would leak into leave-one-patient-out.
 
-The cheap check (one image file under two patients) runs in `spec.spec_from_dict`. This module finds the less
-obvious case: a scan stored as a slab of another scan (TotalSegmentator's `example_ct_sm.nii.gz` holds slices
+The cheap check (one image file under two patients) runs in `dataset_spec.spec_from_dict`. This module finds the
+less obvious case: a scan stored as a slab of another scan (TotalSegmentator's `example_ct_sm.nii.gz` holds slices
 82-111 of `example_ct.nii.gz`, and its header repeats the full scan's origin). Image headers are compared first
 (same origin, voxel size, directions and slice size); only such pairs have their voxels read, and they count as one
 scan when the smaller one's slices equal consecutive slices of the other. DICOM folders are not compared.
@@ -10,13 +10,15 @@ scan when the smaller one's slices equal consecutive slices of the other. DICOM 
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 
 from automedsam.errors import InputError
 
-from .spec import CaseSpec, DatasetSpec
+if TYPE_CHECKING:  # types only: `dataset_spec.load_spec` runs these checks, so this module never imports it
+    from .dataset_spec import CaseSpec, DatasetSpec
 
 GridKey = tuple[tuple[float, ...], ...]
 

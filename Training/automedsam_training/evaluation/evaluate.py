@@ -23,9 +23,9 @@ from automedsam.engine import BoxPrompt, EmbeddingCache, EngineOptions, segment,
 from automedsam.model import AutoMedSAM
 from automedsam.volume import Volume, canonical_view
 
-from .alignment import LabelledVolume, read_labelled_volume
+from ..data.alignment import LabelledVolume, read_labelled_volume
+from ..data.dataset_spec import DatasetSpec
 from .metrics import dice_score, normalized_surface_dice
-from .spec import DatasetSpec
 
 MODES = ("class", "box")
 NSD_TOLERANCE_MM = 2.0

@@ -18,7 +18,7 @@ from automedsam.errors import InputError
 from automedsam.io import read_volume
 from automedsam.volume import Volume
 
-from .spec import CaseSpec
+from .dataset_spec import CaseSpec
 
 CENTRE_TOLERANCE = 1e-3  # voxels: label voxel centres closer than this to image voxel centres coincide
 

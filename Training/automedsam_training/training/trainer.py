@@ -32,15 +32,16 @@ from automedsam.errors import AutoMedSAMError, InputError
 from automedsam.model import AutoMedSAM
 from automedsam.preprocess import PreprocessConfig
 
-from .alignment import read_labelled_volume
-from .cache import EmbeddingStore
-from .config import TrainConfig, config_differences
-from .data import PreparedCase, SplitConfig
-from .dataset import SamplePlan, TrainingSet, build_training_set
+from ..config import TrainConfig, config_differences
+from ..data.alignment import read_labelled_volume
+from ..data.dataset_spec import DatasetSpec, load_spec
+from ..data.embedding_store import EmbeddingStore
+from ..data.prepared_case import PreparedCase, SplitConfig
+from ..data.training_set import SamplePlan, TrainingSet, build_training_set
+from ..model.export import export_model
+from ..model.training_model import build_training_model, freeze_for_training, load_trained_state, trained_state
 from .distributed import DistributedContext
 from .logs import RunLog, plot_logs
-from .modeling import build_training_model, export_model, freeze_for_training, load_trained_state, trained_state
-from .spec import DatasetSpec, load_spec
 from .state import STATE_FILE, load_state, restore_rng_states, rng_states, save_state
 from .step import LOSS_TERMS, TrainingModule
 from .validation import validate

@@ -27,7 +27,7 @@ import torch
 from automedsam.engine import EmbeddingCache
 from automedsam.errors import OutputError
 
-from .data import PreparedCase
+from .prepared_case import PreparedCase
 
 STORE_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.npy"

@@ -17,7 +17,7 @@ from torch import nn
 
 from automedsam.model import AutoMedSAM
 
-from .config import LossConfig
+from ..config import LossConfig
 from .losses import (
     FixedWeighting,
     UncertaintyWeighting,

@@ -19,9 +19,9 @@ from torch.utils.data import Dataset
 
 from automedsam.errors import InputError
 
-from .cache import EmbeddingStore
-from .config import DataConfig
-from .data import ItemTargets, PreparedCase, SplitConfig, item_targets, validation_range
+from ..config import DataConfig
+from .embedding_store import EmbeddingStore
+from .prepared_case import ItemTargets, PreparedCase, SplitConfig, item_targets, validation_range
 
 
 @dataclass

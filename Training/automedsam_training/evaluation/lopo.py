@@ -30,12 +30,12 @@ from automedsam.loading import load_model
 from automedsam.model import AutoMedSAM
 from automedsam.volume import canonical_view
 
-from .alignment import read_labelled_volume
-from .config import TrainConfig
-from .evaluation import EvaluationRow, evaluate, read_rows, write_reports, write_text_atomically
-from .spec import CaseSpec, DatasetSpec, load_spec
-from .state import STATE_FILE
-from .trainer import ModelFactory, Trainer, training_classes
+from ..config import TrainConfig
+from ..data.alignment import read_labelled_volume
+from ..data.dataset_spec import CaseSpec, DatasetSpec, load_spec
+from ..training.state import STATE_FILE
+from ..training.trainer import ModelFactory, Trainer, training_classes
+from .evaluate import EvaluationRow, evaluate, read_rows, write_reports, write_text_atomically
 
 Say = Callable[[str], None]
 ModelLoader = Callable[[Path], AutoMedSAM]
