@@ -40,7 +40,15 @@ def _addBundledPackagesToPath() -> None:
 
 _addBundledPackagesToPath()
 
-from AutoMedSAMSlicerLib import ClassTree, SlicerInstallHost, askExportPath, dicomFiles, dicomPatient  # noqa: E402
+from AutoMedSAMSlicerLib import (  # noqa: E402
+    ClassTree,
+    ReviewTable,
+    SlicerInstallHost,
+    askExportPath,
+    dicomFiles,
+    dicomPatient,
+    openSegmentEditor,
+)
 
 from automedsam.catalog import default_catalog  # noqa: E402 (needs the path above)
 from automedsam.errors import Cancelled, InputError  # noqa: E402
@@ -200,6 +208,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic = AutoMedSAMSlicerLogic()
         self._classTree = ClassTree(self.ui.classTreeWidget)
+        self._reviewTable = ReviewTable(self.ui.reviewTable)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classSearchBox.connect("textChanged(QString)", self._fillClassTree)
@@ -378,6 +387,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.warning(message)
         if outcome.created and self._parameterNode is parameters:
             parameters.outputSegmentation = outcome.segmentation_node
+        self._reviewTable.show(outcome.review)
         if outcome.uncertainty_node is not None:
             slicer.util.setSliceViewerLayers(foreground=outcome.uncertainty_node, foregroundOpacity=0.4)
 
@@ -406,12 +416,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------- review, export
     def onSegmentEditorButton(self) -> None:
         """Open the Segment Editor on the result, with the input volume as its source volume."""
-        segmentation, volume = self._parameterNode.outputSegmentation, self._parameterNode.inputVolume
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        editor.setSegmentationNode(segmentation)
-        if volume is not None:
-            editor.setSourceVolumeNode(volume)
+        openSegmentEditor(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
 
     def onExportButton(self) -> None:
         """Write the output segmentation as it is now (with the user's corrections) in the chosen format."""

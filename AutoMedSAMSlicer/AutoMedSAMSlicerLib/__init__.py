@@ -4,5 +4,7 @@ of the `.ui`, the parameter node and `automedsam` (as SlicerNNUnet's `SlicerNNUN
 from .ClassTree import ClassTree
 from .ExportDialog import askExportPath
 from .InstallHost import SlicerInstallHost, dicomFiles, dicomPatient
+from .ReviewTable import ReviewTable, openSegmentEditor
 
-__all__ = ["ClassTree", "SlicerInstallHost", "askExportPath", "dicomFiles", "dicomPatient"]
+__all__ = ["ClassTree", "ReviewTable", "SlicerInstallHost", "askExportPath", "dicomFiles", "dicomPatient",
+           "openSegmentEditor"]

@@ -36,7 +36,11 @@ def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-postprocess", action="store_true", help="keep every component, do not fill holes")
     parser.add_argument("--uncertainty", type=Path, default=None, metavar="OUT",
                         help="also write a per-voxel uncertainty map (.nii.gz or .nrrd)")
-    parser.add_argument("--samples", type=int, default=4, help="noise samples for --uncertainty (default 4)")
+    parser.add_argument("--report", type=Path, default=None, metavar="CSV",
+                        help="also write the slices of each segment ranked by uncertainty, most uncertain first "
+                             "(.csv): the slices to review first")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="noise samples for --uncertainty and --report (default 4)")
     parser.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the detected modality")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: automatic)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -91,7 +91,7 @@ def run_segment(args: argparse.Namespace) -> None:
     model = load_model(args.model, download=args.download, progress=_download_progress())
     with _progress_bar("segmenting") as progress:
         options = EngineOptions(device=args.device, batch_size=args.batch_size, postprocess=not args.no_postprocess,
-                                uncertainty_samples=args.samples if args.uncertainty is not None else 0,
+                                uncertainty_samples=args.samples if _wants_uncertainty(args) else 0,
                                 precision=args.precision, encoder_backend=args.encoder_backend,
                                 progress=progress, warn=_warn)
         result = segment_run(model, options) if segment_run is not None else _class_run(volume, args, model, options)
@@ -99,9 +99,29 @@ def run_segment(args: argparse.Namespace) -> None:
     if args.uncertainty is not None and result.uncertainty is not None:
         write_probability_volume(volume.with_array(result.uncertainty), args.uncertainty)
     _say(f"wrote {written}")
+    if args.report is not None:
+        _write_review_report(result, args.report)
     for segment_ in result.segments:
         voxels = int(np.count_nonzero(result.labels == segment_.label_value))
         _say(f"  {segment_.name}: {voxels * float(np.prod(volume.spacing)) / 1000.0:.1f} mL")
+
+
+def _wants_uncertainty(args: argparse.Namespace) -> bool:
+    """The uncertainty map is computed for `--uncertainty` and for `--report`, which ranks slices by it."""
+    return args.uncertainty is not None or args.report is not None
+
+
+def _write_review_report(result: LabelVolume, path: object) -> None:
+    """`--report`: the slices of every segment, most uncertain first; says which slice to look at first."""
+    from .review import slice_scores, write_report
+
+    scores = slice_scores(result)
+    write_report(scores, path)  # type: ignore[arg-type]
+    if scores:
+        top = scores[0]
+        _say(f"wrote {path} ({len(scores)} segment slices); most uncertain: {top.name}, slice {top.axis}={top.index}")
+    else:
+        _say(f"wrote {path} (no segment slices: every segment is empty)")
 
 
 def _class_run(volume: Volume, args: argparse.Namespace, model: object, options: object) -> LabelVolume:

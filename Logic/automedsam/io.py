@@ -263,6 +263,12 @@ def _write_atomically(targets: Sequence[tuple[Path, Callable[[Path], None]]]) ->
             temp.unlink(missing_ok=True)
 
 
+def write_text_file(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file (a report) atomically, honouring the umask like every other result file."""
+    _write_atomically([(path, lambda temp: temp.write_text(text, encoding="utf-8"))])
+    return path
+
+
 def _temporary_path(target: Path) -> Path:
     """A new hidden file next to `target`, ending like it (SimpleITK picks the format by extension)."""
     if not target.parent.is_dir():

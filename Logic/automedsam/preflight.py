@@ -34,7 +34,7 @@ class SegmentPlan:
 def check_segment_request(args: argparse.Namespace, registry: ModelRegistry | None = None) -> SegmentPlan:
     """Every check of a segment command that needs neither the voxels nor the model; `InputError` on the first."""
     for role, path in (("input", args.input), ("output", args.output), ("uncertainty", args.uncertainty),
-                       ("model", args.model)):
+                       ("report", args.report), ("model", args.model)):
         if path is not None:
             check_path_text(path, role)
     if not Path(args.input).exists():
@@ -42,11 +42,11 @@ def check_segment_request(args: argparse.Namespace, registry: ModelRegistry | No
     kind = result_format(args.output, [Path(args.input)] if Path(args.input).is_dir() else None)
     _check_options(args)
     check_output_folder(args.output)
-    if args.uncertainty is not None:
-        check_output_folder(args.uncertainty)
     outputs = [("output", file) for file in result_files(args.output, kind)]
-    if args.uncertainty is not None:
-        outputs.append(("uncertainty map", Path(args.uncertainty)))
+    for role, path in (("uncertainty map", args.uncertainty), ("review report", args.report)):
+        if path is not None:
+            check_output_folder(path)
+            outputs.append((role, Path(path)))
     check_outputs_apart(_input_files(args), outputs)
     box, warnings = (None, ()) if args.box is None else parse_box(args.box)
     if box is None:
@@ -58,15 +58,19 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: give a whole number of slices, at least 1 (or leave it out "
                          "for an automatic choice)")
-    if args.uncertainty is not None:
+    for option, what, path in (("--uncertainty", "the uncertainty map", args.uncertainty),
+                               ("--report", "the review report", args.report)):
+        if path is None:
+            continue
         if args.box is not None:
-            raise InputError("--uncertainty needs class prompts; it is not available with --box")
+            raise InputError(f"{option} needs class prompts; it is not available with --box")
         if args.samples < 1:
-            raise InputError(f"--samples {args.samples}: the uncertainty map needs at least 1 noise sample "
-                             "(default 4)")
-        if not str(args.uncertainty).lower().endswith(PROBABILITY_SUFFIXES):
-            raise InputError(f"--uncertainty {args.uncertainty}: unsupported file type for an uncertainty map; use "
-                             f"one of {', '.join(PROBABILITY_SUFFIXES)}")
+            raise InputError(f"--samples {args.samples}: {what} needs at least 1 noise sample (default 4)")
+    if args.uncertainty is not None and not str(args.uncertainty).lower().endswith(PROBABILITY_SUFFIXES):
+        raise InputError(f"--uncertainty {args.uncertainty}: unsupported file type for an uncertainty map; use "
+                         f"one of {', '.join(PROBABILITY_SUFFIXES)}")
+    if args.report is not None and not str(args.report).lower().endswith(".csv"):
+        raise InputError(f"--report {args.report}: the review report is a .csv file; name it like report.csv")
     if args.box is not None and len(args.classes) > 1:
         raise InputError("--box makes one segment; give at most one -c NAME to name it")
 

@@ -65,3 +65,10 @@ def test_output_file_inside_the_input_dicom_folder(workspace, reference_files: P
     shutil.copytree(reference_files / "example_ct_dicom", series)
     assert_refused(workspace.segment("-c", "liver", image=series, output=series / "r.seg.nrrd"),
                    "into the input DICOM folder")
+
+
+
+def test_report_that_is_the_input_under_another_name(workspace):
+    link = workspace.folder / "report.csv"
+    link.symlink_to(workspace.image)
+    assert_refused(workspace.segment("-c", "liver", "--report", link), "would destroy the input")

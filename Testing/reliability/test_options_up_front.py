@@ -27,6 +27,9 @@ pytestmark = pytest.mark.usefixtures("no_model")
     (["--box", "1,2,3,4,5,nan"], "six comma-separated numbers"),
     (["--box", "0,0,0,9,9,9", "-c", "a", "-c", "b"], "--box makes one segment"),
     (["--box", "0,0,0,9,9,9", "--uncertainty", "u.nii.gz"], "not available with --box"),
+    (["-c", "liver", "--report", "r.txt"], "the review report is a .csv file"),
+    (["-c", "liver", "--report", "r.csv", "--samples", "0"], "--samples 0: the review report needs"),
+    (["--box", "0,0,0,9,9,9", "--report", "r.csv"], "--report needs class prompts"),
     (["-c", "liver", "--series", "1"], "DICOM"),
 ])
 def test_bad_option_refused_before_the_model_loads(workspace, argv, expected):

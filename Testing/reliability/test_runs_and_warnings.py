@@ -15,7 +15,7 @@ import torch
 from cli_harness import PREVIOUS, assert_refused, umask, write_image
 from engine_fakes import FakeModel, phantom
 
-from automedsam import acceleration
+from automedsam import acceleration, openvino_backend
 from automedsam.engine import EngineOptions, segment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_ctrl_c_during_the_openvino_conversion_propagates(monkeypatch):
 
     monkeypatch.setattr(torch.export, "export", export_that_swallows)
     with pytest.raises(KeyboardInterrupt):
-        acceleration.convert_module(_Small(), (torch.rand(2, 4),))
+        openvino_backend.convert_module(_Small(), (torch.rand(2, 4),))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -143,7 +143,7 @@ def test_a_failing_conversion_shows_none_of_torchs_log(monkeypatch, capfd):
     monkeypatch.setattr(torch.export, "export", noisy_export)
     pytest.importorskip("openvino")
     with pytest.raises(RuntimeError, match="export failed"):
-        acceleration.convert_module(_Small(), (torch.rand(2, 4),))
+        openvino_backend.convert_module(_Small(), (torch.rand(2, 4),))
     captured = capfd.readouterr()
     assert "dynamo log line" not in captured.err + captured.out and "a torch warning" not in captured.err
     assert logging.getLogger("torch._dynamo").isEnabledFor(logging.ERROR)   # logging is back afterwards
@@ -164,10 +164,10 @@ def test_a_conversion_error_falls_back_with_one_warning_line(monkeypatch):
     def failing(*args: object, **kwargs: object) -> None:
         raise RuntimeError("conversion failed here\n" + "torch internal log line\n" * 100)
 
-    monkeypatch.setattr("automedsam.engine.plan_encoder",
-                        lambda device, precision, backend, model=None: acceleration.EncoderPlan(
+    monkeypatch.setattr("automedsam.runner.plan_execution",
+                        lambda device, precision, backend, model=None: acceleration.ExecutionPlan(
                             "openvino" if backend == "auto" else backend, "fp32"))
-    monkeypatch.setattr("automedsam.engine.make_encode", lambda model, device, plan: (
+    monkeypatch.setattr("automedsam.runner.make_encode", lambda model, device, plan: (
         failing() if plan.backend == "openvino" else model.encode))
     result = segment(phantom(shape_kji=(4, 40, 48)), ["liver"], FakeModel(), EngineOptions(warn=warnings.append))
     assert result.labels.any()
@@ -184,3 +184,18 @@ def test_nifti_without_orientation_warns_but_runs(workspace):
     outcome = workspace.segment("-c", "liver", image=image)
     _succeeded(outcome)
     assert len(outcome.warnings) == 1 and "stores no orientation" in outcome.warnings[0]
+
+
+def test_review_report_ranks_every_segment_slice(workspace):
+    import csv
+
+    report = workspace.folder / "review.csv"
+    outcome = workspace.segment("-c", "liver", "-c", "spleen", "--report", report)
+    _succeeded(outcome)
+    rows = list(csv.DictReader(report.open()))
+    assert rows and {row["class"] for row in rows} == {"liver", "spleen"}
+    assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert f"wrote {report} ({len(rows)} segment slices); most uncertain:" in outcome.err
+    assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~umask()

@@ -269,6 +269,22 @@ def test_uncertainty_map_is_a_volume_next_to_the_input(scene, study, ct_node, lo
     assert again.uncertainty_node is uncertainty and count(scene, "vtkMRMLScalarVolumeNode") == volumes
 
 
+def test_review_lists_each_segment_slice_with_a_point_on_it(ct_node, logic) -> None:
+    """With uncertainty on, the outcome ranks every (segment, slice); each row's point lies in that segment."""
+    outcome = logic.run(SegmentationRequest(ct_node, ("liver", "spleen"), uncertainty=True))
+    volume = slicer_bridge.volume_from_node(ct_node)
+    rows = outcome.review
+    assert {row.key for row in rows} == {"liver", "spleen"} and {row.axis for row in rows} == {"K"}
+    assert [row.score for row in rows] == sorted((row.score for row in rows), reverse=True)
+    for key in ("liver", "spleen"):
+        mask = slicer_bridge.segment_mask(outcome.segmentation_node, outcome.segment_ids[key], ct_node)
+        assert sorted(row.index for row in rows if row.key == key) == list(np.flatnonzero(mask.any(axis=(1, 2))))
+        for row in (row for row in rows if row.key == key):
+            i, j, k = np.rint(volume.ras_to_ijk(np.array([row.center_ras]))[0]).astype(int)
+            assert k == row.index and mask[k, j, i]
+    assert logic.run(SegmentationRequest(ct_node, ("liver",))).review == []
+
+
 def test_markups_roi_limits_the_result_to_its_box(scene, ct_node, logic) -> None:
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
     transform.SetMatrixTransformToParent(slicer_bridge.vtk_matrix(np.array(

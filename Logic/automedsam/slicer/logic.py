@@ -32,6 +32,7 @@ from ..errors import AutoMedSAMError, Cancelled, InputError
 from ..io import write_result
 from ..loading import load_model
 from ..result import LabelVolume, Segment, label_dtype
+from ..review import SliceScore, slice_scores
 from ..segment_tags import CLASS_KEY_TAG
 from ..volume import Volume, canonical_view, ras_box_to_canonical
 from . import bridge
@@ -62,6 +63,7 @@ class SegmentationOutcome:
     uncertainty_node: Any = None
     messages: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    review: list[SliceScore] = field(default_factory=list)   # segment slices, most uncertain first (with uncertainty)
 
     def summary(self) -> str:
         """One status line for the module."""
@@ -146,8 +148,8 @@ class SceneSegmenter:
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
             messages.append("No CUDA GPU is available; AutoMedSAM ran on the CPU (slower).")
-        return EngineOptions(device=device, amp=True if request.fast else None, progress=progress, cancel=cancel,
-                             cache=self._cache_for(request.volume_node), roi=self.roi(request),
+        return EngineOptions(device=device, precision="bf16" if request.fast else "auto", progress=progress,
+                             cancel=cancel, cache=self._cache_for(request.volume_node), roi=self.roi(request),
                              uncertainty_samples=request.uncertainty_samples if request.uncertainty else 0,
                              warn=messages.append)
 
@@ -217,7 +219,8 @@ class SceneSegmenter:
             place_under_study(node, volume_node)
         uncertainty_node = None if uncertainty is None else self._uncertainty_node(uncertainty, node, volume_node)
         empty = [s.name for s in result.segments if not np.any(result.labels == s.label_value)]
-        return SegmentationOutcome(node, ids, created, empty, uncertainty_node)
+        review = slice_scores(result) if result.uncertainty is not None else []
+        return SegmentationOutcome(node, ids, created, empty, uncertainty_node, review=review)
 
     def _uncertainty_node(self, image: vtkImageData, segmentation_node: Any, volume_node: Any) -> Any:
         """The run's uncertainty map (per voxel the largest std of a class probability) as a scalar volume node.
