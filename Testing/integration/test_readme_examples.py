@@ -80,3 +80,6 @@ def test_readme_example_runs_verbatim(command, example_folder, monkeypatch, caps
     if "--box" in command:
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(example_folder / "lesion.seg.nrrd")))
         assert np.count_nonzero(labels), "the README's box example segmented nothing"
+    if "--report" in command:
+        report = (example_folder / command[command.index("--report") + 1]).read_text().splitlines()
+        assert report[0].startswith("rank,class,segment") and len(report) > 1, "the review report lists no slice"
