@@ -49,7 +49,6 @@ def _load_checkpoint_file(path: Path, registry: ModelRegistry, download: bool,
         raise InputError(f"model file {path} does not exist")
     if not path.name.endswith(CHECKPOINT_SUFFIX):
         raise InputError(f"{path.name} is not an AutoMedSAM checkpoint (expected a *{CHECKPOINT_SUFFIX} file)")
-    data = load_checkpoint(path)
-    base_id = str(data.get("base_model", {}).get("id", "litemedsam"))
-    base_path, base_sha = _base_files(registry.get(base_id), registry, download, progress)
-    return build_automedsam(base_path, base_sha, path, None)
+    checkpoint = load_checkpoint(path)   # read once; the model is built from this, not from the file again
+    base_path, base_sha = _base_files(registry.get(checkpoint.base_model_id), registry, download, progress)
+    return build_automedsam(base_path, base_sha, checkpoint)

@@ -79,8 +79,8 @@ def test_cli_export_writes_a_model_from_a_state(tmp_path, spec_path, monkeypatch
     tiny_trainer(tmp_path, spec_path, **{"optim.steps": 2}).run()
     monkeypatch.setattr(commands, "build_training_model", tiny_factory)
     assert cli.main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "exported.automedsam.pt")]) == 0
-    data = load_checkpoint(tmp_path / "exported.automedsam.pt", base_sha256=TINY_SHA256)
-    assert data["classes"] == ["liver", "spleen"] and data["training"]["steps"] == 2
+    checkpoint = load_checkpoint(tmp_path / "exported.automedsam.pt", base_sha256=TINY_SHA256)
+    assert checkpoint.classes == ("liver", "spleen") and checkpoint.training["steps"] == 2
 
 
 @pytest.mark.realmodel

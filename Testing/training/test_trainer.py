@@ -45,14 +45,14 @@ def test_training_learns_logs_and_exports(tmp_path, spec_path):
     assert len(read_rows(tmp_path / "run" / "validation_log.csv")) == 2
     for name in ("losses.png", "validation_dice.png", "model.automedsam.pt", "last.automedsam.pt"):
         assert (tmp_path / "run" / name).stat().st_size > 0
-    data = load_checkpoint(result.model_path, base_sha256=TINY_SHA256)
-    assert data["classes"] == ["liver", "spleen"] and "mask_decoder" not in data["state_dicts"]
-    assert data["training"]["config"]["optim"]["steps"] == 40
-    assert [c["id"] for c in data["training"]["data"]["cases"]] == ["case_000", "case_001"]
-    assert len(data["training"]["data"]["cases"][0]["image_sha256"]) == 64
-    assert 0.0 <= data["metrics"]["validation"]["dice"] <= 1.0
+    checkpoint = load_checkpoint(result.model_path, base_sha256=TINY_SHA256)
+    assert checkpoint.classes == ("liver", "spleen") and checkpoint.mask_decoder_state is None
+    assert checkpoint.training["config"]["optim"]["steps"] == 40
+    assert [c["id"] for c in checkpoint.training["data"]["cases"]] == ["case_000", "case_001"]
+    assert len(checkpoint.training["data"]["cases"][0]["image_sha256"]) == 64
+    assert 0.0 <= checkpoint.metrics["validation"]["dice"] <= 1.0
     restored = tiny_model(seed=5)
-    apply_checkpoint(restored, data)                                      # the package's own loader accepts it
+    apply_checkpoint(restored, checkpoint)                                      # the package's own loader accepts it
     assert restored.classes == ("liver", "spleen")
 
 
@@ -167,12 +167,12 @@ def test_early_stopping_and_tensorboard(tmp_path, spec_path, monkeypatch):
 def test_the_mask_decoder_can_be_trained_too(tmp_path, spec_path):
     result = tiny_trainer(tmp_path, spec_path, **{"optim.steps": 2, "model.train_mask_decoder": True,
                                                   "optim.decoder_lr": 1e-3, "run.validate_every": 0}).run()
-    data = load_checkpoint(result.model_path, base_sha256=TINY_SHA256)
+    checkpoint = load_checkpoint(result.model_path, base_sha256=TINY_SHA256)
     untouched = tiny_model().mask_decoder.state_dict()
-    tuned = data["state_dicts"]["mask_decoder"]
+    tuned = checkpoint.mask_decoder_state
     assert tuned.keys() == untouched.keys()
     assert any(not torch.equal(tuned[key], untouched[key]) for key in tuned)
     restored = tiny_model(seed=3)
-    apply_checkpoint(restored, data)
+    apply_checkpoint(restored, checkpoint)
     assert restored.mask_decoder_tuned and torch.equal(restored.mask_decoder.state_dict()["iou_token.weight"],
                                                       tuned["iou_token.weight"])

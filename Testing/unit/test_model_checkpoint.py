@@ -66,15 +66,18 @@ def test_round_trip_gives_identical_outputs(trained: AutoMedSAM, base_model: Lit
     path = save_checkpoint(tmp_path / "model.automedsam.pt", trained,
                            training={"steps": np.int64(300), "data": [Path("/data/ct1.nii.gz")], "lr": 1e-3},
                            metrics={"dice": {"liver": np.float32(0.96)}})
-    data = load_checkpoint(path, expected_sha256=sha256_of(path), base_sha256=BASE_SHA)
-    assert data["format_version"] == 1 and data["kind"] == "automedsam"
-    assert data["base_model"] == {"id": "litemedsam", "sha256": BASE_SHA}
-    assert data["classes"] == list(CLASSES)
-    assert data["training"] == {"steps": 300, "data": ["/data/ct1.nii.gz"], "lr": 1e-3}
-    assert data["metrics"]["dice"]["liver"] == pytest.approx(0.96)
-    assert set(data["state_dicts"]) == {"class_prompt_encoder"}    # the frozen parts are not copied
+    checkpoint = load_checkpoint(path, expected_sha256=sha256_of(path), base_sha256=BASE_SHA)
+    assert checkpoint.path == path
+    assert (checkpoint.base_model_id, checkpoint.base_sha256) == ("litemedsam", BASE_SHA)
+    assert checkpoint.classes == CLASSES
+    assert checkpoint.training == {"steps": 300, "data": ["/data/ct1.nii.gz"], "lr": 1e-3}
+    assert checkpoint.metrics["dice"]["liver"] == pytest.approx(0.96)
+    assert checkpoint.mask_decoder_state is None    # the frozen parts are not copied
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    assert stored["format_version"] == 1 and stored["kind"] == "automedsam"
+    assert set(stored["state_dicts"]) == {"class_prompt_encoder"}
     restored = _model(base_model, seed=99, classes=("other", "classes"))
-    apply_checkpoint(restored, data, path)
+    apply_checkpoint(restored, checkpoint)
     assert restored.classes == CLASSES and restored.preprocessing == trained.preprocessing
     for ours, theirs in zip(_outputs(restored), _outputs(trained), strict=True):
         assert torch.equal(ours, theirs)
@@ -88,7 +91,7 @@ def test_a_fine_tuned_mask_decoder_is_stored_and_restored(base_model: LiteMedSAM
     tuned.mask_decoder_tuned = True
     path = save_checkpoint(tmp_path / "tuned.automedsam.pt", tuned)
     restored = _model(base_model, seed=5)
-    apply_checkpoint(restored, load_checkpoint(path), path)
+    apply_checkpoint(restored, load_checkpoint(path))
     assert restored.mask_decoder_tuned
     assert torch.equal(restored.mask_decoder.iou_token.weight, tuned.mask_decoder.iou_token.weight)
 

@@ -132,11 +132,11 @@ def test_checkpoint_round_trip_and_uncertainty_from_probabilities(model: AutoMed
     with torch.inference_mode():
         out = model.segment_classes(embeddings, torch.tensor([1, 0]), noise_samples=2)
     path = save_checkpoint(tmp_path / "anatomy.automedsam.pt", model)
-    data = load_checkpoint(path, base_sha256="cd" * 32)
-    assert data["model_config"]["variant"] == "anatomy"
+    checkpoint = load_checkpoint(path, base_sha256="cd" * 32)
+    assert checkpoint.class_prompt_encoder.config.variant == "anatomy"
     restored = copy.deepcopy(model)
     restored.class_prompt_encoder = None
-    apply_checkpoint(restored, data)
+    apply_checkpoint(restored, checkpoint)
     with torch.inference_mode():
         again = restored.eval().segment_classes(embeddings, torch.tensor([1, 0]), noise_samples=2)
     assert torch.equal(out.logits, again.logits) and torch.equal(out.presence_logits, again.presence_logits)

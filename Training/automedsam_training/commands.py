@@ -108,8 +108,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _validation_ranges(model_path: Path) -> dict[str, tuple[int, int] | None]:
-    data = load_checkpoint(model_path)
-    cases = data.get("training", {}).get("data", {}).get("cases", [])
+    cases = load_checkpoint(model_path).training.get("data", {}).get("cases", [])
     return {c["id"]: tuple(c["validation_slices"]) if c.get("validation_slices") else None for c in cases}
 
 

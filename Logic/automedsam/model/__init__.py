@@ -8,7 +8,7 @@ Typical use::
 """
 
 from .automedsam import DEFAULT_PREPROCESSING, AutoMedSAM, ClassOutput, apply_checkpoint, build_automedsam
-from .checkpoint import CHECKPOINT_SUFFIX, load_checkpoint, save_checkpoint, sha256_of
+from .checkpoint import CHECKPOINT_SUFFIX, Checkpoint, load_checkpoint, save_checkpoint, sha256_of
 from .class_prompt import ClassPromptEncoder, build_class_prompt_encoder
 from .class_prompt_anatomy import AnatomyClassPromptEncoder
 from .class_prompt_base import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings
@@ -33,6 +33,7 @@ __all__ = [
     "AnatomyClassPromptEncoder",
     "AutoMedSAM",
     "BoxOutput",
+    "Checkpoint",
     "ClassOutput",
     "ClassPromptConfig",
     "ClassPromptEncoder",

@@ -18,7 +18,7 @@ from segment_anything.modeling import PromptEncoder
 from torch import nn
 
 from ..errors import ModelError
-from .checkpoint import load_checkpoint, restore_class_prompt_encoder, state_dict_mismatch
+from .checkpoint import Checkpoint, load_checkpoint, state_dict_mismatch
 from .class_prompt import build_class_prompt_encoder
 from .class_prompt_base import ClassPromptConfig, ClassPromptModule, PromptEmbeddings
 from .lite_medsam import LiteMedSAM, PairDecode, PairedMaskDecoder, load_lite_medsam
@@ -198,32 +198,34 @@ class AutoMedSAM(LiteMedSAM):
         return self
 
 
-def apply_checkpoint(model: AutoMedSAM, data: Mapping[str, Any], source: Path | str = "checkpoint") -> None:
-    """Put a loaded checkpoint's (`load_checkpoint`) class prompt encoder, classes, preprocessing and, if it holds
-    one, fine-tuned mask decoder into `model`."""
-    encoder = restore_class_prompt_encoder(data, source)
-    decoder_state = data["state_dicts"].get("mask_decoder")
-    if decoder_state is not None:
+def apply_checkpoint(model: AutoMedSAM, checkpoint: Checkpoint) -> None:
+    """Put a loaded checkpoint's class prompt encoder (the module itself, not a copy), classes, preprocessing and,
+    if it holds one, fine-tuned mask decoder into `model`."""
+    if checkpoint.mask_decoder_state is not None:
         try:
-            model.mask_decoder.load_state_dict(decoder_state, strict=True)
+            model.mask_decoder.load_state_dict(checkpoint.mask_decoder_state, strict=True)
         except RuntimeError as error:
-            raise ModelError(f"checkpoint {source}: its mask decoder weights do not fit LiteMedSAM's decoder "
+            raise ModelError(f"checkpoint {checkpoint.path}: its mask decoder weights do not fit LiteMedSAM's decoder "
                              f"({state_dict_mismatch(error)}); the file is damaged") from error
         model.mask_decoder_tuned = True
-    model.attach_class_prompt_encoder(encoder, data["classes"])
-    model.preprocessing = dict(data["preprocessing"])
+    model.attach_class_prompt_encoder(checkpoint.class_prompt_encoder, checkpoint.classes)
+    model.preprocessing = dict(checkpoint.preprocessing)
 
 
-def build_automedsam(base_weights: Path | str, base_sha256: str, checkpoint: Path | str | None = None,
+def build_automedsam(base_weights: Path | str, base_sha256: str, checkpoint: Checkpoint | Path | str | None = None,
                      checkpoint_sha256: str | None = None) -> AutoMedSAM:
-    """AutoMedSAM from LiteMedSAM weights (SHA-256 checked) and, optionally, a class checkpoint (`*.automedsam.pt`).
+    """AutoMedSAM from LiteMedSAM weights (SHA-256 checked) and, optionally, a class checkpoint: a loaded
+    `Checkpoint`, or the path of a `*.automedsam.pt` (SHA-256 checked against `checkpoint_sha256` when given).
 
     Without a checkpoint the model runs box prompts only (`classes == ()`). The checkpoint must have been trained on
     the same base weights (its recorded SHA-256 is compared with `base_sha256`). Returns the model in eval mode on
     the CPU; every file problem raises `ModelError`.
     """
+    if isinstance(checkpoint, Checkpoint):
+        checkpoint.check_base(base_sha256)
     model = AutoMedSAM.from_lite_medsam(load_lite_medsam(base_weights, base_sha256), base_sha256=base_sha256.lower())
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint, checkpoint_sha256, base_sha256=base_sha256)
     if checkpoint is not None:
-        data = load_checkpoint(checkpoint, checkpoint_sha256, base_sha256=base_sha256)
-        apply_checkpoint(model, data, checkpoint)
+        apply_checkpoint(model, checkpoint)
     return model.eval()

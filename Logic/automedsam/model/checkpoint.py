@@ -9,6 +9,8 @@ their SHA-256, not copied:
      "preprocessing": {...}, "training": {...}, "metrics": {...},
      "state_dicts": {"class_prompt_encoder": {...}, "mask_decoder": {...}  (only when it was fine-tuned)}}
 
+`load_checkpoint` reads it once into a typed `Checkpoint` (the class prompt encoder already restored), which model
+building (`automedsam.model.build_automedsam`, `apply_checkpoint`) and the loaders take as it is.
 Every file is read with `torch.load(map_location="cpu", weights_only=True)` after its SHA-256 is checked (when one is
 known), so a file cannot run code when it is loaded; every failure becomes a `ModelError` that says what is wrong
 and what to do. Checkpoints are written atomically (temporary file in the same folder + `os.replace`).
@@ -22,6 +24,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,19 +212,58 @@ def _os_reason(error: BaseException) -> str:
     return _first_line(error)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A read and checked `*.automedsam.pt`: its class prompt encoder, restored, and what the file records.
+
+    Loading and model building both take this object, so a file is unpickled once and its encoder built once.
+    """
+
+    path: Path
+    base_model_id: str                                  # registry id of the frozen base model ("litemedsam")
+    base_sha256: str                                    # SHA-256 of the base weights it was trained on
+    class_prompt_encoder: ClassPromptModule             # weights restored, on the CPU, in eval mode
+    classes: tuple[str, ...]                            # catalog keys, one per class index
+    preprocessing: dict[str, Any]
+    mask_decoder_state: dict[str, torch.Tensor] | None  # only when the mask decoder was fine-tuned
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def check_base(self, base_sha256: str) -> None:
+        """`ModelError` unless the checkpoint was trained on the base weights whose SHA-256 is `base_sha256`."""
+        _check_same_base(self.path, self.base_sha256, base_sha256)
+
+
 def load_checkpoint(path: Path | str, expected_sha256: str | None = None,
-                    base_sha256: str | None = None) -> dict[str, Any]:
-    """Read and validate an AutoMedSAM checkpoint; returns its dict (see the module docstring).
+                    base_sha256: str | None = None) -> Checkpoint:
+    """Read and validate an AutoMedSAM checkpoint (see the module docstring) into a `Checkpoint`.
 
     Checks, each failing with a specific `ModelError`: the file exists; its SHA-256 equals `expected_sha256` (when
     given, before anything is unpickled); it loads as weights only (no code); format version and kind; the base model
     SHA-256 equals `base_sha256` (when given); the configuration, class list and state dicts fit together.
     """
     path = Path(path)
-    what = "checkpoint"
     if expected_sha256 is not None:
-        verify_sha256(path, expected_sha256, what)
-    data = load_weights_file(path, what)
+        verify_sha256(path, expected_sha256, "checkpoint")
+    data = load_weights_file(path, "checkpoint")
+    _check_format(path, data)
+    base = _check_base_model(path, data.get("base_model"))
+    if base_sha256 is not None:
+        _check_same_base(path, base["sha256"], base_sha256)
+    config = ClassPromptConfig.from_dict(_field(path, data, "model_config", dict))
+    classes = _field(path, data, "classes", list)
+    _check_classes(path, classes, config)
+    preprocessing = _field(path, data, "preprocessing", dict)
+    state_dicts = _field(path, data, "state_dicts", dict)
+    encoder = _restore_class_prompt_encoder(config, state_dicts.get("class_prompt_encoder"), path)
+    decoder = state_dicts.get("mask_decoder")
+    if "mask_decoder" in state_dicts and not _is_tensor_dict(decoder):
+        raise ModelError(f"checkpoint {path}: the mask decoder state is not a dict of tensors; the file is damaged")
+    return Checkpoint(path, base["id"], base["sha256"], encoder, tuple(classes), dict(preprocessing), decoder,
+                      _metadata(data, "training"), _metadata(data, "metrics"))
+
+
+def _check_format(path: Path, data: Any) -> None:
     if not isinstance(data, dict) or "format_version" not in data:
         raise ModelError(f"{path} is not an AutoMedSAM checkpoint (no format_version); it may be a plain weights "
                          "file: pass it as base weights instead")
@@ -230,15 +272,12 @@ def load_checkpoint(path: Path | str, expected_sha256: str | None = None,
                          f"version {FORMAT_VERSION}: update AutoMedSAM or use a checkpoint made for this version")
     if data.get("kind") != KIND:
         raise ModelError(f"{path} is a {data.get('kind')!r} file, not an AutoMedSAM class prompt checkpoint")
-    _check_base_model(path, data.get("base_model"), base_sha256)
-    config = ClassPromptConfig.from_dict(_field(path, data, "model_config", dict))
-    _check_classes(path, _field(path, data, "classes", list), config)
-    _field(path, data, "preprocessing", dict)
-    state_dicts = _field(path, data, "state_dicts", dict)
-    restore_class_prompt_encoder(data, path)
-    if "mask_decoder" in state_dicts and not _is_tensor_dict(state_dicts["mask_decoder"]):
-        raise ModelError(f"checkpoint {path}: the mask decoder state is not a dict of tensors; the file is damaged")
-    return data
+
+
+def _metadata(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The plain `training` / `metrics` record (empty when the file has none)."""
+    value = data.get(name)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _field(path: Path, data: Mapping[str, Any], name: str, kind: type) -> Any:
@@ -249,13 +288,17 @@ def _field(path: Path, data: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def _check_base_model(path: Path, base: Any, base_sha256: str | None) -> None:
+def _check_base_model(path: Path, base: Any) -> dict[str, str]:
     if not isinstance(base, dict) or base.get("id") != BASE_MODEL_ID or not isinstance(base.get("sha256"), str):
         raise ModelError(f"checkpoint {path} does not name its base model as {BASE_MODEL_ID!r} with a SHA-256; "
                          "this version supports LiteMedSAM-based checkpoints only")
-    if base_sha256 is not None and base["sha256"].lower() != base_sha256.strip().lower():
-        raise ModelError(f"checkpoint {path} was trained on LiteMedSAM weights with SHA-256 {base['sha256']}, but "
-                         f"the base weights given have SHA-256 {base_sha256}; use the base weights it was trained on")
+    return base
+
+
+def _check_same_base(path: Path, recorded: str, base_sha256: str) -> None:
+    if recorded.lower() != base_sha256.strip().lower():
+        raise ModelError(f"checkpoint {path} was trained on LiteMedSAM weights with SHA-256 {recorded}, but the base "
+                         f"weights given have SHA-256 {base_sha256}; use the base weights it was trained on")
 
 
 def _check_classes(path: Path, classes: list[Any], config: ClassPromptConfig) -> None:
@@ -270,10 +313,8 @@ def _is_tensor_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
-def restore_class_prompt_encoder(data: Mapping[str, Any], path: Path | str = "checkpoint") -> ClassPromptModule:
-    """The class prompt encoder of a loaded checkpoint dict, weights in place (CPU, eval mode)."""
-    config = ClassPromptConfig.from_dict(data["model_config"])
-    state = data["state_dicts"].get("class_prompt_encoder")
+def _restore_class_prompt_encoder(config: ClassPromptConfig, state: Any, path: Path) -> ClassPromptModule:
+    """The class prompt encoder of `config` with the checkpoint's weights in place (CPU, eval mode)."""
     if not _is_tensor_dict(state):
         raise ModelError(f"checkpoint {path} has no class prompt encoder weights; the file is damaged")
     module = build_class_prompt_encoder(config)
