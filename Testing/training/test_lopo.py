@@ -16,6 +16,14 @@ from automedsam_training.data.dataset_spec import load_spec, save_spec
 from automedsam_training.data.folder_import import import_nnunet_folder
 from automedsam_training.evaluation.evaluate import EvaluationRow
 from automedsam_training.evaluation.lopo import lopo_markdown, plan_folds, run_lopo, summarise
+from automedsam_training.evaluation.review_check import (
+    REVIEW_FILE,
+    ReviewRow,
+    read_review_rows,
+    review_markdown,
+    spearman,
+    write_review_rows,
+)
 from automedsam_training.training.state import load_state
 
 
@@ -82,6 +90,12 @@ def test_lopo_trains_scores_and_resumes(tmp_path, three_patients):
     assert all(r["mode"] == "class" for r in rows) and all(0 <= float(r["dice"]) <= 1 for r in rows)
     text = md_path.read_text()
     assert "| **mean** |" in text and "| Liver |" in text
+    assert "## Review ranking" in text and any("ranking slices for review" in m for m in messages)
+    reviewed = {patient: read_review_rows(tmp_path / "run" / f"lopo-{patient}" / REVIEW_FILE)
+                for patient in ("case_000", "case_001", "case_002")}
+    assert sum(map(len, reviewed.values())) > 0
+    for patient, mine in reviewed.items():
+        assert all(r.patient == patient and 0 <= r.error <= 1 and r.score >= 0 for r in mine)
 
 
 def test_summary_counts_present_classes_and_false_positives():
@@ -95,3 +109,16 @@ def test_summary_counts_present_classes_and_false_positives():
     assert (second.present, second.mean_dice, second.false_positive_ml) == (1, 0.6, 0.0)
     text = lopo_markdown(rows)
     assert "| **mean** | | **0.60** |" in text and "a heart 12.5 mL" in text
+
+
+def test_review_check_rho_and_round_trip(tmp_path):
+    def row(patient: str, score: float, error: float) -> ReviewRow:
+        return ReviewRow(patient, patient, "liver", 0, score, error)
+
+    ranked = [row("a", s, e) for s, e in ((0.1, 0.0), (0.2, 0.1), (0.3, 0.5), (0.4, 0.9))]
+    reversed_ = [row("b", s, e) for s, e in ((0.1, 0.9), (0.2, 0.5), (0.3, 0.1))]
+    assert spearman(ranked) == pytest.approx(1.0) and spearman(reversed_) == pytest.approx(-1.0)
+    assert spearman(ranked[:2]) != spearman(ranked[:2])               # NaN: too few slices
+    assert read_review_rows(write_review_rows(ranked, tmp_path / "r.csv")) == ranked
+    text = review_markdown(ranked + reversed_)
+    assert "| a | 4 | 0.38 | 1.00 |" in text and "| b | 3 | 0.50 | -1.00 |" in text

@@ -6,8 +6,9 @@ gating and post-processing included) and scored: Dice and NSD at 2 mm for each c
 volume painted for each trained class that the scan's labels say is absent (false positives). Classes that only the
 left-out patient has cannot be trained in its fold and are left out of it.
 
-Folders: `<run.output>/lopo-<patient>/` is an ordinary training run plus `evaluation.csv`/`.md`; `<run.output>/`
-gets `lopo.csv` (one row per patient, class) and `lopo.md` (per-class table, per-patient means, overall means).
+Folders: `<run.output>/lopo-<patient>/` is an ordinary training run plus `evaluation.csv`/`.md` and `review.csv` (the
+review check: each segment slice's uncertainty score and error, see `review_check`); `<run.output>/` gets `lopo.csv`
+(one row per patient, class) and `lopo.md` (per-class table, per-patient means, overall means, review ranking rho).
 Resumable: a fold with its evaluation is read back, a fold with a model is only evaluated, a fold with a training
 state is resumed exactly (`Trainer.run(resume=True)`), other folds start. Encoded left-out volumes are kept in
 `<run.cache_dir>/engine/` (keyed by voxels, preprocessing and encoder), so another recipe skips the encoder.
@@ -36,6 +37,7 @@ from ..data.dataset_spec import CaseSpec, DatasetSpec, load_spec
 from ..training.state import STATE_FILE
 from ..training.trainer import ModelFactory, Trainer, training_classes
 from .evaluate import EvaluationRow, evaluate, read_rows, write_reports, write_text_atomically
+from .review_check import REVIEW_FILE, ReviewRow, read_review_rows, review_markdown, review_rows, write_review_rows
 
 Say = Callable[[str], None]
 ModelLoader = Callable[[Path], AutoMedSAM]
@@ -129,10 +131,29 @@ def run_fold(config: TrainConfig, spec: DatasetSpec, fold: Fold, say: Say, boxes
             trainer.close()
     say(f"patient {fold.patient}: segmenting {', '.join(fold.cases)}")
     model = model_loader(model_path)
-    cache = EmbeddingCache(Path(config.run.cache_dir).expanduser() / "engine")
-    rows = evaluate(model, spec, list(fold.cases), device=config.run.device, cache=cache,
+    rows = evaluate(model, spec, list(fold.cases), device=config.run.device, cache=_engine_cache(config),
                     modes=("class", "box") if boxes else ("class",))
     write_reports(rows, fold.folder, f"Patient {fold.patient} left out")
+    return rows
+
+
+def _engine_cache(config: TrainConfig) -> EmbeddingCache:
+    """Encoded left-out volumes on disk, shared by recipes and by the evaluation and review passes."""
+    return EmbeddingCache(Path(config.run.cache_dir).expanduser() / "engine")
+
+
+def review_fold(config: TrainConfig, spec: DatasetSpec, fold: Fold, say: Say,
+                model_loader: ModelLoader = load_model) -> list[ReviewRow]:
+    """The review check of a trained fold (see `review_check`): every segment slice's score and error."""
+    path = fold.folder / REVIEW_FILE
+    if path.exists():
+        return read_review_rows(path)
+    say(f"patient {fold.patient}: ranking slices for review")
+    model, rows = model_loader(fold.folder / MODEL_FILE), []
+    for case_id in fold.cases:
+        labelled = read_labelled_volume(spec.case(case_id), spec.resample_labels)
+        rows += review_rows(model, labelled, model.classes, config.run.device, _engine_cache(config))
+    write_review_rows(rows, path)
     return rows
 
 
@@ -144,9 +165,11 @@ def run_lopo(config: TrainConfig, patients: Sequence[str] | None = None, boxes: 
     folds = plan_folds(config, spec, patients)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     rows: list[EvaluationRow] = []
+    reviews: list[ReviewRow] = []
     for fold in folds:
         rows += run_fold(config, spec, fold, say, boxes, model_factory, model_loader)
-    return write_lopo_reports(rows, config.output_dir)
+        reviews += review_fold(config, spec, fold, say, model_loader)
+    return write_lopo_reports(rows, config.output_dir, reviews)
 
 
 @dataclass(frozen=True)
@@ -177,12 +200,14 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def write_lopo_reports(rows: Sequence[EvaluationRow], folder: Path) -> list[Path]:
-    """`lopo.csv` (every class-prompt row) and `lopo.md` (tables with means) in `folder`."""
+def write_lopo_reports(rows: Sequence[EvaluationRow], folder: Path,
+                       reviews: Sequence[ReviewRow] = ()) -> list[Path]:
+    """`lopo.csv` (every class-prompt row) and `lopo.md` (tables with means, and the review check when given)."""
     csv_path, md_path = folder / "lopo.csv", folder / "lopo.md"
     fieldnames = list(EvaluationRow.__dataclass_fields__)
     write_text_atomically(csv_path, lambda f: _csv(f, fieldnames, [r for r in rows if r.mode == "class"]))
-    write_text_atomically(md_path, lambda f: f.write(lopo_markdown(rows)))
+    text = lopo_markdown(rows) + (f"\n{review_markdown(reviews)}" if reviews else "")
+    write_text_atomically(md_path, lambda f: f.write(text))
     return [csv_path, md_path]
 
 
