@@ -62,7 +62,7 @@ class FakeModel:
         return images.float().cpu()
 
     def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
-                        presence_threshold: float | None = None, decoder: object = None) -> ClassOutput:
+                        presence_threshold: float | None = None) -> ClassOutput:
         intensity = embeddings[:, :1]
         uniform = (F.max_pool2d(intensity, 3, 1, 1) + F.max_pool2d(-intensity, 3, 1, 1)) < 0.02
         logits = []
@@ -76,7 +76,7 @@ class FakeModel:
         std = torch.full_like(stacked, 0.1) if noise_samples > 0 else None
         return ClassOutput(stacked, presence, std)
 
-    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor, decoder: object = None) -> BoxOutput:
+    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
         size = embeddings.shape[-1]
         xs = torch.arange(size, dtype=torch.float32) + 0.5
         logits = []

@@ -7,12 +7,12 @@ model (its presence scores decide which pairs are decoded); the fp32 eager basel
 work: PyTorch fp32 everywhere and every (slice, class) pair decoded.
 
     python benchmarks/bench_engine.py [--slices 10] [--repeats 5] [--profile] [--volume-slices 300] [--compile]
+    python benchmarks/bench_engine.py --profile-only [--slices 4]   (seconds: where one default run spends its time)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -22,34 +22,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from automedsam import engine as engine_module
-from automedsam.acceleration import (
-    EncoderPlan,
-    cpu_flags,
-    make_decode,
-    make_encode,
-    openvino_available,
-    openvino_decoder,
-    plan_encoder,
-)
+from automedsam.acceleration import ExecutionPlan, cpu_flags, plan_execution
 from automedsam.engine import BoxPrompt, EmbeddingCache, EngineOptions, segment, segment_boxes
 from automedsam.io import read_input, read_volume
 from automedsam.loading import load_model
 from automedsam.metrics import dice
+from automedsam.openvino_backend import openvino_available, openvino_decoder, openvino_encoder
 from automedsam.resources import resource_path
 from automedsam.result import LabelVolume
+from automedsam.runner import ModelRunner
 from automedsam.volume import Volume
 
 CLASSES_8 = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "stomach", "pancreas", "gallbladder")
 GATE_CLASSES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
-EAGER = EncoderPlan("torch", "fp32")
+EAGER = ExecutionPlan("torch", "fp32")
 BASELINE = {"decode_absent": True}  # engine options of the baseline besides EAGER: decode every pair
 
 
@@ -107,13 +101,13 @@ def flops_of(function: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def encoder_plans(device: torch.device) -> list[EncoderPlan]:
+def encoder_plans(device: torch.device) -> list[ExecutionPlan]:
     """Every encoder path that can run here, fp32 eager first (the accuracy and speed reference)."""
     if device.type != "cpu":
-        return [EAGER, EncoderPlan("torch", "bf16" if torch.cuda.is_bf16_supported() else "fp16")]
-    plans = [EAGER, EncoderPlan("torch", "bf16")]
+        return [EAGER, ExecutionPlan("torch", "bf16" if torch.cuda.is_bf16_supported() else "fp16")]
+    plans = [EAGER, ExecutionPlan("torch", "bf16")]
     if openvino_available():
-        plans += [EncoderPlan("openvino", "fp32"), EncoderPlan("openvino", "bf16")]
+        plans += [ExecutionPlan("openvino", "fp32"), ExecutionPlan("openvino", "bf16")]
     return plans
 
 
@@ -123,8 +117,8 @@ def encoder_levers(model: torch.nn.Module, device: torch.device, repeats: int,
     images = torch.rand(1, 3, model.image_size, model.image_size, device=device)
     functions: dict[str, Callable[[], object]] = {}
     for plan in encoder_plans(device):
-        encode = make_encode(model, device, plan)
-        functions[plan.label] = lambda encode=encode, plan=plan: _encode_in(plan, device, encode, images)
+        runner = ModelRunner(model, device, plan)
+        functions[plan.label] = lambda runner=runner: _encode_in(runner, images)
     notes: dict[str, str] = {}
     if compile_too:
         compiled = torch.compile(model.image_encoder)
@@ -140,22 +134,17 @@ def encoder_levers(model: torch.nn.Module, device: torch.device, repeats: int,
     return times, notes
 
 
-def _encode_in(plan: EncoderPlan, device: torch.device, encode: Callable, images: torch.Tensor) -> torch.Tensor:
-    """One encoding as the engine does it (GPU reduced precision under autocast)."""
-    if device.type == "cuda" and plan.precision != "fp32":
-        dtype = torch.bfloat16 if plan.precision == "bf16" else torch.float16
-        with torch.autocast("cuda", dtype=dtype):
-            output = encode(images)
+def _encode_in(runner: ModelRunner, images: torch.Tensor) -> torch.Tensor:
+    """One encoding as the engine does it (the runner's plan: GPU reduced precision under autocast), finished."""
+    output = runner.encode(images)
+    if runner.device.type == "cuda":
         torch.cuda.synchronize()
-        return output
-    return encode(images)
+    return output
 
 
 def _one_thread(model: torch.nn.Module, device: torch.device, functions: dict[str, Callable[[], object]],
                 repeats: int) -> dict[str, float]:
     """The thread-count lever: fp32 eager and the OpenVINO paths with 1 intra-op thread instead of all."""
-    from automedsam.acceleration import openvino_encoder
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -175,18 +164,18 @@ def decoder_parts(model: torch.nn.Module, device: torch.device, repeats: int) ->
     times, and FLOPs."""
     images = torch.rand(1, 3, model.image_size, model.image_size, device=device)
     box = torch.tensor([[60.0, 60.0, 180.0, 180.0]], device=device)
-    default = make_decode(model, device, plan_encoder(device, model=model))
+    default = ModelRunner.prepare(model, device)
     with torch.inference_mode():
         embedding = model.encode(images)
         one, eight = (torch.arange(n, device=device) for n in (1, 8))
         functions = {"box_decoder_s": lambda: model.segment_boxes(embedding, box),
-                     "class_1_s": lambda: model.segment_classes(embedding, one, decoder=default),
-                     "class_8_s": lambda: model.segment_classes(embedding, eight, decoder=default)}
+                     "class_1_s": lambda: default.segment_classes(embedding, one),
+                     "class_8_s": lambda: default.segment_classes(embedding, eight)}
         if device.type == "cpu" and openvino_available():
             for precision in ("fp32", "bf16"):
                 decoder = openvino_decoder(model, precision)
-                functions[f"box_decoder_openvino_{precision}_s"] = lambda d=decoder: model.segment_boxes(
-                    embedding, box, decoder=d)
+                functions[f"box_decoder_openvino_{precision}_s"] = lambda d=decoder: d(embedding,
+                                                                                      *model.box_prompts(box))
         parts = interleaved(functions, repeats)
         parts["encoder_flop"] = flops_of(lambda: model.encode(images))
         parts["box_decoder_flop"] = flops_of(lambda: model.segment_boxes(embedding, box))
@@ -194,7 +183,7 @@ def decoder_parts(model: torch.nn.Module, device: torch.device, repeats: int) ->
     return parts
 
 
-def engine_options(plan: EncoderPlan | None, **extra: object) -> EngineOptions:
+def engine_options(plan: ExecutionPlan | None, **extra: object) -> EngineOptions:
     """Engine options for an encoder plan (None: the defaults, i.e. what the CLI and the module run); the EAGER
     plan is the baseline, which also decodes every pair."""
     if plan is None:
@@ -206,7 +195,7 @@ def engine_options(plan: EncoderPlan | None, **extra: object) -> EngineOptions:
 
 def engine_runs(model: torch.nn.Module, volume: Volume, repeats: int) -> dict[str, float]:
     """Whole-engine seconds (defaults vs fp32 eager, 1 and 8 classes) and a cached re-run of as many other classes."""
-    def run(classes: tuple[str, ...], plan: EncoderPlan | None, cache: EmbeddingCache | None = None) -> float:
+    def run(classes: tuple[str, ...], plan: ExecutionPlan | None, cache: EmbeddingCache | None = None) -> float:
         start = time.perf_counter()
         segment(volume, classes, model, engine_options(plan, cache=cache))
         return time.perf_counter() - start
@@ -219,52 +208,21 @@ def engine_runs(model: torch.nn.Module, volume: Volume, repeats: int) -> dict[st
     return times
 
 
-@contextlib.contextmanager
-def stage_timer(model: torch.nn.Module) -> Iterator[dict[str, float]]:
-    """Seconds per engine stage (pre / encoder / prompt / decoder / post), by wrapping the engine's steps."""
-    totals = {"pre": 0.0, "encoder": 0.0, "prompt+decoder": 0.0, "decoder": 0.0, "post": 0.0}
-
-    def timed(stage: str, function: Callable) -> Callable:
-        def wrapper(*args: object, **kwargs: object) -> object:
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                totals[stage] += time.perf_counter() - start
-        return wrapper
-
-    patches = [(engine_module, "normalize_volume", "pre"), (engine_module, "to_model_input", "pre"),
-               (engine_module, "postprocess_labels", "post"), (engine_module._Run, "_accumulate", "post"),
-               (model, "segment_classes", "prompt+decoder"), (model, "segment_boxes", "prompt+decoder"),
-               (model, "_decode_pairs", "decoder")]
-    saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patches]
-    original_make_encode = engine_module.make_encode
-    try:
-        for owner, name, stage in patches:
-            setattr(owner, name, timed(stage, getattr(owner, name)))
-        engine_module.make_encode = lambda *a: timed("encoder", original_make_encode(*a))
-        yield totals
-    finally:
-        engine_module.make_encode = original_make_encode
-        for owner, name, value in saved:
-            if value is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
-
-
 def profile(model: torch.nn.Module, path: Path, slices: int) -> tuple[dict[str, float], float]:
-    """Where the time of one default-options run (1 class) goes, IO included; returns (stages, total seconds)."""
+    """Where the time of one default-options run (1 class) goes, IO included, as the engine's stage timer reports it;
+    returns (stages, total seconds)."""
     start = time.perf_counter()
     volume = central_slices(read_volume(path, "CT"), slices)
     io = time.perf_counter() - start
-    with stage_timer(model) as totals:
-        start = time.perf_counter()
-        segment(volume, CLASSES_8[:1], model, engine_options(None))
-        total = time.perf_counter() - start
-    stages = {"IO (read)": io, "pre": totals["pre"], "encoder": totals["encoder"],
-              "prompt": totals["prompt+decoder"] - totals["decoder"], "decoder": totals["decoder"],
-              "post": totals["post"]}
+    totals: dict[str, float] = defaultdict(float)
+
+    def add(stage: str, seconds: float) -> None:
+        totals[stage] += seconds
+
+    start = time.perf_counter()
+    segment(volume, CLASSES_8[:1], model, engine_options(None, stage_timer=add))
+    total = time.perf_counter() - start
+    stages = {"IO (read)": io, **{stage: totals[stage] for stage in ("pre", "encoder", "prompt", "decoder", "post")}}
     stages["other (engine)"] = total - sum(v for k, v in stages.items() if k != "IO (read)")
     return stages, total + io
 
@@ -277,10 +235,10 @@ def accuracy_gate(model: torch.nn.Module, volume: Volume, reference: Volume) -> 
     catalog = default_catalog()
     prompts = [BoxPrompt.from_mask(volume, key, reference.array == catalog.get(key).ts_total)
                for key in GATE_CLASSES]
-    plans: list[EncoderPlan | None] = [*encoder_plans(torch.device(DEVICE)), None]
-    default = f"default ({plan_encoder(torch.device(DEVICE), model=model).description})"
+    plans: list[ExecutionPlan | None] = [*encoder_plans(torch.device(DEVICE)), None]
+    default = f"default ({plan_execution(torch.device(DEVICE), model=model).description})"
 
-    def label(plan: EncoderPlan | None) -> str:
+    def label(plan: ExecutionPlan | None) -> str:
         return default if plan is None else plan.label
 
     gates = {"boxes": {label(p): segment_boxes(volume, prompts, model, engine_options(p)) for p in plans}}
@@ -305,7 +263,7 @@ def extra_gate(model: torch.nn.Module, spec: str) -> dict[str, dict[str, float]]
     OpenVINO bf16 (the fast mode) vs fp32 eager, on the gate classes that fp32 eager finds there."""
     path, _, modality = spec.partition(":")
     volume = read_input(path, modality or None)[0]
-    plans = [EAGER, None, *([EncoderPlan("openvino", "bf16")] if openvino_available() else [])]
+    plans = [EAGER, None, *([ExecutionPlan("openvino", "bf16")] if openvino_available() else [])]
     results = {("default" if p is None else p.label): segment(volume, GATE_CLASSES, model, engine_options(p))
                for p in plans}
     found = {s.key for s in results[EAGER.label].segments if results[EAGER.label].mask(s.key).any()}
@@ -441,7 +399,7 @@ def print_targets(rows: list[tuple[str, str, str, bool | None]]) -> None:
 
 
 def targets(encoders: dict[str, float], flop: float, peaks: tuple[float, float], runs: dict[str, float],
-            gate: tuple[bool, list[str]], volume: dict[str, float] | None, default: EncoderPlan) -> list:
+            gate: tuple[bool, list[str]], volume: dict[str, float] | None, default: ExecutionPlan) -> list:
     """The issue's targets as (name, value, target, ok) rows."""
     rows = []
     fp32_best = min((k for k in encoders if k.endswith("fp32")), key=encoders.get)
@@ -488,6 +446,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print the time per stage of a default run")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the time per stage of one default run on --slices slices (quick), nothing else")
     parser.add_argument("--volume-slices", type=int, default=0,
                         help="also run a generated 512 x 512 x N CT in a fresh process (e.g. 300); 0 skips it")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of cold start)")
@@ -505,13 +465,16 @@ def main() -> None:
     device = torch.device(args.device)
     peaks = print_header(args.device)
     model = load_model(None).to(device).eval()
-    default = plan_encoder(device, model=model)
+    default = plan_execution(device, model=model)
     print(f"default path here (CLI and module): {default.description}")
+    sample_path = resource_path("SampleData", "example_ct_sm.nii.gz")
+    if args.profile_only:
+        print_profile(*profile(model, sample_path, args.slices))
+        return
     encoders, notes = encoder_levers(model, device, args.repeats, args.compile)
     parts = decoder_parts(model, device, args.repeats)
     print_encoders(encoders, notes, parts["encoder_flop"], peaks)
     print_decoders(parts)
-    sample_path = resource_path("SampleData", "example_ct_sm.nii.gz")
     if args.profile:
         print_profile(*profile(model, sample_path, args.slices))
     sample = read_volume(sample_path, "CT")

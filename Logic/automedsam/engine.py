@@ -4,59 +4,36 @@ Data flow (docs/architecture.md): `Volume` -> `canonical_view` -> `normalize_vol
 `to_model_input` -> image encoder (or the embedding cache) -> class prompt encoder for all classes at once -> mask
 decoder for the (slice, class) pairs whose presence passes (or box prompts) -> `from_model_output` -> per voxel the
 most probable class above threshold -> post-processing -> inverse canonical view -> `LabelVolume` on the input grid.
+The model steps run through one `runner.ModelRunner` (device, precision, OpenVINO or PyTorch, batch size).
 Nothing is written anywhere: cancelling raises `Cancelled` and leaves no partial output.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from .acceleration import EncoderPlan, autocast_dtype, make_decode, make_encode, plan_encoder
 from .catalog import ClassCatalog, OrganClass, default_catalog, resolve_classes
 from .errors import AutoMedSAMError, Cancelled, InputError
 from .postprocess import postprocess_labels
 from .preprocess import PreprocessConfig, box_to_model, from_model_output, mask_box, normalize_volume, to_model_input
 from .result import LabelVolume, Segment, label_dtype
+from .runner import ModelRunner, SegmentationModel, StageTimer, timed_stage
 from .volume import CanonicalView, Volume, canonical_view, ras_box_to_canonical
-
-if TYPE_CHECKING:
-    from .model.lite_medsam import PairDecode
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, str], None]
 CancelCallback = Callable[[], bool]
 Box2D = tuple[int, int, int, int]  # (row0, col0, row1, col1), inclusive canonical-slice pixels
-
-
-class SegmentationModel(Protocol):
-    """What the engine needs from a model (`automedsam.model.AutoMedSAM` implements it)."""
-
-    image_size: int
-    classes: tuple[str, ...]
-    preprocessing: dict
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
-                        presence_threshold: float | None = None, decoder: PairDecode | None = None) -> Any: ...
-
-    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                      decoder: PairDecode | None = None) -> Any: ...
-
-    def class_index(self, key: str) -> int: ...
-
-    def to(self, device: torch.device) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -101,14 +78,14 @@ class EngineOptions:
     decode_absent: bool = False  # True: decode pairs below the presence threshold too (same masks, more work)
     postprocess: bool = True
     uncertainty_samples: int = 0
-    amp: bool | None = None  # legacy switch: True -> precision bf16, False -> fp32, None -> `precision` decides
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (acceleration.plan_encoder)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (acceleration.plan_execution)
     encoder_backend: str = "auto"  # auto | torch | openvino
     progress: ProgressCallback | None = None
     cancel: CancelCallback | None = None
     cache: EmbeddingCache | None = None
     roi: RasBox | None = None
     warn: Callable[[str], None] | None = None
+    stage_timer: StageTimer | None = None  # receives (stage, seconds) of each step (runner.StageTimer; benchmarks)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -193,12 +170,15 @@ class _Decoded:
     presence: torch.Tensor | None = None
 
 
-Decoder = Callable[[torch.Tensor, Sequence[int], Any], _Decoded]
+# The prompt mode's step on a batch: embeddings (B, 256, 64, 64), the batch's slice indices, the resize info ->
+# probabilities on the slice grid.
+DecodeBatch = Callable[[torch.Tensor, Sequence[int], Any], _Decoded]
 
 
 @dataclass
-class _Run:
-    """State of one engine run over the canonical view of a volume."""
+class _VolumeSegmentation:
+    """One volume being segmented slice by slice in its canonical view: the normalised slices, the runner that
+    encodes and decodes them in batches, and the labels, uncertainty and presence gathered so far."""
 
     volume: Volume
     model: SegmentationModel
@@ -215,44 +195,28 @@ class _Run:
         self.view = canonical_view(self.volume)
         config = PreprocessConfig.from_dict(self.model.preprocessing)
         self.config = config
-        self.normalized = normalize_volume(self.view.apply(self.volume.array), self.volume.modality, config)
+        with timed_stage(self.options.stage_timer, "pre"):
+            self.normalized = normalize_volume(self.view.apply(self.volume.array), self.volume.modality, config)
         dtype = label_dtype(max(self.label_values, default=0))
         self.labels = np.zeros(self.normalized.shape, dtype=dtype)
         if self.options.uncertainty_samples > 0:
             self.uncertainty = np.zeros(self.normalized.shape, dtype=np.float32)
-        self.device = resolve_device(self.options.device)
-        self.batch_size = self.options.batch_size or _default_batch_size(self.device)
-        self._plan_encoder()
+        self.runner = self._runner(resolve_device(self.options.device), self.options.batch_size)
         self.cache_key = self._cache_key()
 
-    def _plan_encoder(self) -> None:
-        """Backend and precision for the current device (again after an out-of-memory fallback to the CPU)."""
-        precision = self.options.precision
-        if self.options.amp is not None:
-            precision = "bf16" if self.options.amp else "fp32"
-        self.model.to(self.device)
-        self.plan: EncoderPlan = plan_encoder(self.device, precision, self.options.encoder_backend, self.model)
-        try:
-            self.encode = make_encode(self.model, self.device, self.plan)
-            self.pair_decode = make_decode(self.model, self.device, self.plan)
-        except Exception as error:  # noqa: BLE001 - any OpenVINO conversion/compile failure: PyTorch still works
-            if self.plan.backend != "openvino" or self.options.encoder_backend != "auto":
-                raise
-            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "no details")
-            self.warn(f"the fast CPU path (OpenVINO) could not prepare the model ({type(error).__name__}: {reason}); "
-                      "running in PyTorch instead, which is slower")
-            self.plan = plan_encoder(self.device, precision, "torch", self.model)
-            self.encode = make_encode(self.model, self.device, self.plan)
-            self.pair_decode = None
-        found = " (no GPU found)" if self.options.device == "auto" and self.device.type == "cpu" else ""
-        logger.info("running on %s%s: %s", self.device, found, self.plan.description)
+    def _runner(self, device: torch.device, batch_size: int | None) -> ModelRunner:
+        """The model on `device` with the options' precision and backend (again after an out-of-memory fallback)."""
+        options = self.options
+        runner = ModelRunner.prepare(self.model, device, options.precision, options.encoder_backend, batch_size,
+                                     options.stage_timer, self.warn)
+        found = " (no GPU found)" if options.device == "auto" and device.type == "cpu" else ""
+        logger.info("running on %s%s: %s", device, found, runner.plan.description)
+        return runner
 
     def _cache_key(self) -> str | None:
         if self.options.cache is None:
             return None
-        encoder_id = str(getattr(self.model, "encoder_id", type(self.model).__name__))
-        encoder_id = f"{encoder_id}|{self.plan.label}"
-        return EmbeddingCache.volume_key(self.volume, self.config.to_dict(), encoder_id)
+        return EmbeddingCache.volume_key(self.volume, self.config.to_dict(), self.runner.encoder_id)
 
     def warn(self, message: str) -> None:
         """Record a message for the user (also logged and passed to the caller's `warn`)."""
@@ -269,13 +233,13 @@ class _Run:
             slices = [s for s in slices if s0 <= s <= s1]
         return [s for s in slices if np.ptp(self.normalized[s]) > 0]
 
-    def run(self, slices: list[int], decode: Decoder) -> None:
+    def run(self, slices: list[int], decode: DecodeBatch) -> None:
         """Encode and decode `slices` batch by batch, halving the batch on out-of-memory, then trying the CPU."""
         done, total = 0, len(slices)
         self._report(0, total, "starting")
         while done < total:
             self._check_cancel()
-            batch = slices[done:done + self.batch_size]
+            batch = slices[done:done + self.runner.batch_size]
             try:
                 self._run_batch(batch, decode)
             except (torch.OutOfMemoryError, RuntimeError) as error:
@@ -295,37 +259,36 @@ class _Run:
             self.options.progress(done, total, message)
 
     def _recover_from_oom(self, error: BaseException) -> None:
-        if self.device.type == "cuda":
+        runner = self.runner
+        if runner.device.type == "cuda":
             torch.cuda.empty_cache()
-        if self.batch_size > 1:
-            self.batch_size //= 2
-            self.warn(f"out of memory on {self.device.type}; retrying with batch size {self.batch_size}")
-        elif self.device.type != "cpu":
-            self.warn(f"out of memory on {self.device.type} even with batch size 1; continuing on the CPU (slower)")
-            self.device = torch.device("cpu")
-            self._plan_encoder()
+        if runner.batch_size > 1:
+            runner.batch_size //= 2
+            self.warn(f"out of memory on {runner.device.type}; retrying with batch size {runner.batch_size}")
+        elif runner.device.type != "cpu":
+            self.warn(f"out of memory on {runner.device.type} even with batch size 1; continuing on the CPU (slower)")
+            self.runner = self._runner(torch.device("cpu"), runner.batch_size)
         else:
             raise AutoMedSAMError("out of memory on the CPU with batch size 1; close other programs, "
                                   "or segment a region of interest") from error
 
-    def _run_batch(self, batch: list[int], decode: Decoder) -> None:
-        images, info = to_model_input(self.normalized[batch], self.config.image_size)
-        with torch.inference_mode(), self._autocast():
+    def _run_batch(self, batch: list[int], decode: DecodeBatch) -> None:
+        with timed_stage(self.options.stage_timer, "pre"):
+            images, info = to_model_input(self.normalized[batch], self.config.image_size)
+        with torch.inference_mode():
             embeddings = self._embeddings(batch, images)
             decoded = decode(embeddings, batch, info)
-        self._accumulate(batch, decoded)
-
-    def _autocast(self) -> Any:
-        dtype = autocast_dtype(self.plan, self.device)
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        with timed_stage(self.options.stage_timer, "post"):
+            self._accumulate(batch, decoded)
 
     def _embeddings(self, batch: list[int], images: torch.Tensor) -> torch.Tensor:
         cache, key = self.options.cache, self.cache_key
         cached = [cache.get(key, s) for s in batch] if cache is not None and key is not None else [None] * len(batch)
         missing = [i for i, found in enumerate(cached) if found is None]
+        device = self.runner.device
         if not missing:
-            return torch.from_numpy(np.stack(cached)).to(self.device, torch.float32)
-        computed = self.encode(images[missing].to(self.device)).to(self.device, torch.float32)
+            return torch.from_numpy(np.stack(cached)).to(device, torch.float32)
+        computed = self.runner.encode(images[missing])
         if cache is not None and key is not None:
             for i, embedding in zip(missing, computed.cpu().numpy(), strict=True):
                 cache.put(key, batch[i], embedding)
@@ -334,7 +297,7 @@ class _Run:
         parts = [torch.from_numpy(c.astype(np.float32)) if c is not None else None for c in cached]
         for i, embedding in zip(missing, computed.cpu(), strict=True):
             parts[i] = embedding
-        return torch.stack(parts).to(self.device)  # type: ignore[arg-type]
+        return torch.stack(parts).to(device)  # type: ignore[arg-type]
 
     def _accumulate(self, batch: list[int], decoded: _Decoded) -> None:
         probabilities = decoded.probabilities.float().cpu().numpy()  # (B, K, R, C)
@@ -351,6 +314,10 @@ class _Run:
 
     def finish(self, segments: tuple[Segment, ...], multi_component: set[int]) -> LabelVolume:
         """Post-process in the canonical view, map back to the input grid and package the result."""
+        with timed_stage(self.options.stage_timer, "post"):
+            return self._finish(segments, multi_component)
+
+    def _finish(self, segments: tuple[Segment, ...], multi_component: set[int]) -> LabelVolume:
         labels = self.labels
         if self.options.postprocess and labels.any():
             labels = postprocess_labels(labels, self.label_values, largest=True, fill=True,
@@ -359,14 +326,6 @@ class _Run:
         presence = {} if self.presence is None else {s.key: self.presence[:, i] for i, s in enumerate(segments)}
         return LabelVolume(labels=np.ascontiguousarray(self.view.invert(labels)), volume=self.volume,
                            segments=segments, uncertainty=uncertainty, presence=presence, messages=self.messages)
-
-
-def _default_batch_size(device: torch.device) -> int:
-    """CPU: 1 (batching slices does not help on a few cores); GPU: sized from free memory (~0.25 GB a slice)."""
-    if device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(64, free // (256 * 1024**2))))
 
 
 def segment(volume: Volume, classes: Sequence[str], model: SegmentationModel,
@@ -379,12 +338,12 @@ def segment(volume: Volume, classes: Sequence[str], model: SegmentationModel,
     volume.validate()
     organs = resolve_classes(classes, model.classes, catalog)
     indices = torch.tensor([model.class_index(o.key) for o in organs], dtype=torch.long)
-    run = _Run(volume, model, options, [o.label_value for o in organs])
+    run = _VolumeSegmentation(volume, model, options, [o.label_value for o in organs])
 
     def decode(embeddings: torch.Tensor, batch: Sequence[int], info: Any) -> _Decoded:
         gate = None if options.decode_absent else options.presence_threshold
-        output = model.segment_classes(embeddings, indices.to(embeddings.device), options.uncertainty_samples,
-                                       presence_threshold=gate, decoder=run.pair_decode)
+        output = run.runner.segment_classes(embeddings, indices.to(embeddings.device), options.uncertainty_samples,
+                                            presence_threshold=gate)
         presence = torch.sigmoid(output.presence_logits.float())
         probabilities = torch.sigmoid(from_model_output(output.logits.float(), info))
         probabilities = probabilities * (presence >= options.presence_threshold)[:, :, None, None]
@@ -410,7 +369,7 @@ def segment_boxes(volume: Volume, prompts: Sequence[BoxPrompt], model: Segmentat
         raise InputError("no box given")
     catalog = catalog or default_catalog()
     organs = [_organ_for_key(catalog, p.key, i) for i, p in enumerate(prompts)]
-    run = _Run(volume, model, options, [o.label_value for o in organs])
+    run = _VolumeSegmentation(volume, model, options, [o.label_value for o in organs])
 
     def decode(embeddings: torch.Tensor, batch: Sequence[int], info: Any) -> _Decoded:
         rows, cols = run.normalized.shape[1:]
@@ -420,8 +379,7 @@ def segment_boxes(volume: Volume, prompts: Sequence[BoxPrompt], model: Segmentat
             if not items:
                 continue
             boxes = np.stack([box_to_model(prompt.boxes[batch[i]], info) for i in items])
-            output = model.segment_boxes(embeddings[items], torch.tensor(boxes, device=embeddings.device).float(),
-                                         decoder=run.pair_decode)
+            output = run.runner.segment_boxes(embeddings[items], torch.tensor(boxes, device=embeddings.device).float())
             probabilities[items, k] = torch.sigmoid(from_model_output(output.logits.float(), info)[:, 0])
         return _Decoded(probabilities)
 

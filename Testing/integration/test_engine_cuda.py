@@ -26,7 +26,7 @@ def test_asking_for_an_absent_gpu_is_an_error():
 def test_cuda_run_matches_the_cpu_run():
     cpu = segment(phantom(), ["liver", "spleen"], FakeModel(), EngineOptions(device="cpu")).labels
     gpu_model = FakeModel()
-    gpu = segment(phantom(), ["liver", "spleen"], gpu_model, EngineOptions(device="cuda", amp=False)).labels
+    gpu = segment(phantom(), ["liver", "spleen"], gpu_model, EngineOptions(device="cuda", precision="fp32")).labels
     assert gpu_model.device.type == "cuda"
     assert np.array_equal(cpu, gpu)
 
@@ -65,13 +65,13 @@ def test_reduced_precision_on_cuda_keeps_the_masks_of_the_shipped_model(precisio
 
 @cuda
 def test_auto_precision_on_cuda_is_reduced_and_batches_follow_free_memory():
-    from automedsam.acceleration import plan_encoder
-    from automedsam.engine import _default_batch_size
+    from automedsam.acceleration import plan_execution
+    from automedsam.runner import default_batch_size
 
-    plan = plan_encoder(torch.device("cuda"))
+    plan = plan_execution(torch.device("cuda"))
     assert plan.backend == "torch" and plan.precision in ("bf16", "fp16")
     free, _ = torch.cuda.mem_get_info()
-    assert _default_batch_size(torch.device("cuda")) == max(1, min(64, free // (256 * 1024**2)))
+    assert default_batch_size(torch.device("cuda")) == max(1, min(64, free // (256 * 1024**2)))
 
 
 @cuda

@@ -1,4 +1,4 @@
-"""Encoder precision/backend planning, the OpenVINO encoder (numerics, dynamic batch, disk cache), engine wiring."""
+"""Execution planning (precision, backend), the OpenVINO backend (numerics, dynamic batch, disk cache), wiring."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import pytest
 import torch
 from engine_fakes import FakeModel, phantom
 
-from automedsam import acceleration
-from automedsam.acceleration import EncoderPlan, autocast_dtype, plan_encoder
-from automedsam.engine import EmbeddingCache, EngineOptions, _default_batch_size, segment
+from automedsam import acceleration, openvino_backend
+from automedsam import runner as runner_module
+from automedsam.acceleration import ExecutionPlan, autocast_dtype, plan_execution
+from automedsam.engine import EmbeddingCache, EngineOptions, segment
 from automedsam.errors import InputError
 from automedsam.model.tiny_vit import TinyViT
+from automedsam.runner import default_batch_size
 
 CPU = torch.device("cpu")
 
 
 class TinyModel:
-    """Just what `plan_encoder` looks at: a TinyViT image encoder."""
+    """Just what `plan_execution` looks at: a TinyViT image encoder."""
 
     image_size = 64
 
@@ -26,51 +28,52 @@ class TinyModel:
                                      num_heads=(1, 2, 2, 4), out_chans=32).eval()
 
 
-@pytest.mark.parametrize(("installed", "expected"), [(True, EncoderPlan("openvino", "fp32", "bf16")),
-                                                      (False, EncoderPlan("torch", "fp32"))])
+@pytest.mark.parametrize(("installed", "expected"), [(True, ExecutionPlan("openvino", "fp32", "bf16")),
+                                                      (False, ExecutionPlan("torch", "fp32"))])
 def test_auto_plan_on_the_cpu_is_fp32_in_openvino_when_installed(monkeypatch, installed, expected):
     monkeypatch.setattr(acceleration, "openvino_available", lambda: installed)
     monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
-    assert plan_encoder(CPU, model=TinyModel()) == expected
-    assert plan_encoder(CPU, "bf16", model=TinyModel()).precision == "bf16"
+    assert plan_execution(CPU, model=TinyModel()) == expected
+    assert plan_execution(CPU, "bf16", model=TinyModel()).precision == "bf16"
 
 
 def test_the_openvino_decoder_is_bf16_only_on_native_bf16_cpus_and_never_when_fp32_is_asked_for(monkeypatch):
     monkeypatch.setattr(acceleration, "openvino_available", lambda: True)
     monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: False)
-    assert plan_encoder(CPU, model=TinyModel()).decoder_precision == "fp32"
+    assert plan_execution(CPU, model=TinyModel()).decoder_precision == "fp32"
     monkeypatch.setattr(acceleration, "cpu_has_native_bf16", lambda: True)
-    assert plan_encoder(CPU, "fp32", model=TinyModel()).decoder_precision == "fp32"
-    assert plan_encoder(CPU, "bf16", model=TinyModel()).decoder_precision == "bf16"
-    fallback = plan_encoder(CPU, "auto", "torch", TinyModel())
+    assert plan_execution(CPU, "fp32", model=TinyModel()).decoder_precision == "fp32"
+    assert plan_execution(CPU, "bf16", model=TinyModel()).decoder_precision == "bf16"
+    fallback = plan_execution(CPU, "auto", "torch", TinyModel())
     assert fallback.decoder_precision == "fp32" and fallback.description == "torch-fp32, decoder fp32 (PyTorch)"
-    assert plan_encoder(CPU, model=TinyModel()).description == "openvino-fp32, decoder bf16"
+    assert plan_execution(CPU, model=TinyModel()).description == "openvino-fp32, decoder bf16"
 
 
 def test_models_without_our_encoder_stay_on_torch_and_fp16_becomes_fp32_in_openvino(monkeypatch):
     monkeypatch.setattr(acceleration, "openvino_available", lambda: True)
-    assert plan_encoder(CPU, "fp32", model=FakeModel()).backend == "torch"
-    assert plan_encoder(CPU, "fp16", "openvino", TinyModel()).label == "openvino-fp32"
-    assert autocast_dtype(EncoderPlan("torch", "bf16"), CPU) is None  # CPU decoding stays fp32
+    assert plan_execution(CPU, "fp32", model=FakeModel()).backend == "torch"
+    assert plan_execution(CPU, "fp16", "openvino", TinyModel()).label == "openvino-fp32"
+    assert autocast_dtype(ExecutionPlan("torch", "bf16"), CPU) is None  # CPU decoding stays fp32
 
 
 def test_bad_settings_are_refused_with_a_message(monkeypatch):
     with pytest.raises(InputError, match="precision"):
-        plan_encoder(CPU, "int4")
+        plan_execution(CPU, "int4")
     with pytest.raises(InputError, match="backend"):
-        plan_encoder(CPU, "fp32", "tensorrt")
+        plan_execution(CPU, "fp32", "tensorrt")
     with pytest.raises(InputError, match="CPU only"):
-        plan_encoder(torch.device("cuda"), "fp32", "openvino")
+        plan_execution(torch.device("cuda"), "fp32", "openvino")
     monkeypatch.setattr(acceleration, "openvino_available", lambda: False)
     with pytest.raises(InputError, match=r"automedsam\[cpu\]"):
-        plan_encoder(CPU, "fp32", "openvino", TinyModel())
+        plan_execution(CPU, "fp32", "openvino", TinyModel())
 
 
 @pytest.mark.parametrize("options", [EngineOptions(device="cpu", precision="bf16"),
-                                     EngineOptions(device="cpu", amp=True),
+                                     EngineOptions(device="cpu", precision="fp16"),
                                      EngineOptions(device="cpu", precision="fp32", encoder_backend="torch")])
 def test_engine_runs_each_precision_setting_with_the_same_labels(options):
-    reference = segment(phantom(), ["liver", "spleen"], FakeModel(), EngineOptions(device="cpu", amp=False)).labels
+    fp32 = EngineOptions(device="cpu", precision="fp32")
+    reference = segment(phantom(), ["liver", "spleen"], FakeModel(), fp32).labels
     labels = segment(phantom(), ["liver", "spleen"], FakeModel(), options).labels
     assert (labels == reference).mean() > 0.99 and (labels > 0).any()
 
@@ -89,8 +92,8 @@ def test_cache_keys_differ_between_precisions():
 @pytest.mark.parametrize(("free_gb", "expected"), [(0.1, 1), (4.0, 16), (100.0, 64)])
 def test_gpu_batch_size_is_sized_from_free_memory(monkeypatch, free_gb, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gb * 1024**3), 80 * 1024**3))
-    assert _default_batch_size(torch.device("cuda")) == expected
-    assert _default_batch_size(CPU) == 1
+    assert default_batch_size(torch.device("cuda")) == expected
+    assert default_batch_size(CPU) == 1
 
 
 def test_openvino_encoder_matches_pytorch_and_is_cached_on_disk(tmp_path, monkeypatch):
@@ -99,16 +102,16 @@ def test_openvino_encoder_matches_pytorch_and_is_cached_on_disk(tmp_path, monkey
     images = torch.rand(3, 3, 64, 64)
     with torch.inference_mode():
         expected = model.image_encoder(images)
-    fp32 = acceleration.openvino_encoder(model.image_encoder, 64, "fp32", cache_root=tmp_path)
+    fp32 = openvino_backend.openvino_encoder(model.image_encoder, 64, "fp32", cache_root=tmp_path)
     got = fp32(images)
     assert got.shape == expected.shape and got.dtype == torch.float32
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     assert torch.allclose(fp32(images[:1]), expected[:1], rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     assert len(list((tmp_path / "openvino").glob("tinyvit-*.xml"))) == 1
 
-    acceleration._COMPILED.clear()
-    monkeypatch.setattr(acceleration, "convert_module", lambda *a: pytest.fail("converted again despite the cache"))
-    bf16 = acceleration.openvino_encoder(model.image_encoder, 64, "bf16", cache_root=tmp_path)(images)
+    openvino_backend._COMPILED.clear()
+    monkeypatch.setattr(openvino_backend, "convert_module", lambda *a: pytest.fail("converted again despite the cache"))
+    bf16 = openvino_backend.openvino_encoder(model.image_encoder, 64, "bf16", cache_root=tmp_path)(images)
     relative = float((bf16 - expected).abs().max() / expected.abs().max())
     assert relative < 0.1
     with pytest.raises(InputError, match="model input"):
@@ -119,15 +122,16 @@ def test_changed_weights_sizes_or_export_code_name_a_new_conversion(monkeypatch)
     pytest.importorskip("openvino")
     model = TinyModel()
     examples = (torch.rand(2, 3, 64, 64),)
-    before = acceleration.module_digest(model.image_encoder, examples)
-    assert acceleration.module_digest(model.image_encoder, (torch.rand(5, 3, 64, 64),)) == before  # batch is dynamic
-    assert acceleration.module_digest(model.image_encoder, (torch.rand(2, 3, 32, 32),)) != before
-    monkeypatch.setattr(acceleration, "EXPORT_REVISION", acceleration.EXPORT_REVISION + 1)
-    assert acceleration.module_digest(model.image_encoder, examples) != before
+    before = openvino_backend.module_digest(model.image_encoder, examples)
+    digest = openvino_backend.module_digest
+    assert digest(model.image_encoder, (torch.rand(5, 3, 64, 64),)) == before  # the batch size is dynamic
+    assert digest(model.image_encoder, (torch.rand(2, 3, 32, 32),)) != before
+    monkeypatch.setattr(openvino_backend, "EXPORT_REVISION", openvino_backend.EXPORT_REVISION + 1)
+    assert openvino_backend.module_digest(model.image_encoder, examples) != before
     monkeypatch.undo()
     with torch.no_grad():
         model.image_encoder.neck[0].weight.add_(1.0)
-    assert acceleration.module_digest(model.image_encoder, examples) != before
+    assert openvino_backend.module_digest(model.image_encoder, examples) != before
 
 
 def test_cli_defaults_to_the_automatic_fast_path_and_accepts_overrides():
@@ -147,7 +151,7 @@ def test_openvino_telemetry_is_off_whenever_openvino_is_used():
 
     `openvino` is imported first on purpose: telemetry must stay off even when something else imported it."""
     pytest.importorskip("openvino")
-    from automedsam.acceleration import import_openvino
+    from automedsam.openvino_backend import import_openvino
 
     import_openvino()
     import openvino.tools.ovc as ovc
@@ -164,7 +168,7 @@ def test_openvino_decoder_matches_the_pytorch_decoder_for_any_number_of_pairs(tm
     embeddings, sparse, dense = torch.randn(3, 256, 64, 64), torch.randn(3, 2, 256), torch.randn(3, 256, 64, 64)
     with torch.inference_mode():
         expected = model.decode(embeddings, sparse, dense)[0]
-        decoder = acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path)
+        decoder = openvino_backend.openvino_decoder(model, "fp32", cache_root=tmp_path)
         got = decoder(embeddings, sparse, dense)
         one = decoder(embeddings[1:2], sparse[1:2], dense[1:2])
     scale = float(expected.abs().max())
@@ -180,35 +184,34 @@ def test_the_decoder_follows_the_encoder_plan(monkeypatch):
     from automedsam.model import build_lite_medsam
 
     made = []
-    monkeypatch.setattr(acceleration, "openvino_decoder", lambda model, precision: made.append(precision) or "ov")
+    monkeypatch.setattr(runner_module, "openvino_decoder", lambda model, precision: made.append(precision) or "ov")
     model = build_lite_medsam()
-    assert acceleration.make_decode(model, CPU, EncoderPlan("openvino", "fp32", "bf16")) == "ov"
-    assert acceleration.make_decode(model, CPU, EncoderPlan("openvino", "bf16")) == "ov"
+    make = runner_module.make_backend_decoder
+    assert make(model, CPU, ExecutionPlan("openvino", "fp32", "bf16")) == "ov"
+    assert make(model, CPU, ExecutionPlan("openvino", "bf16")) == "ov"
     assert made == ["bf16", "fp32"]
-    assert acceleration.make_decode(model, CPU, EncoderPlan("torch", "fp32")) is None
-    assert acceleration.make_decode(FakeModel(), CPU, EncoderPlan("openvino", "fp32")) is None
+    assert make(model, CPU, ExecutionPlan("torch", "fp32")) is None
+    assert make(FakeModel(), CPU, ExecutionPlan("openvino", "fp32")) is None
 
 
 def test_the_digest_is_remembered_but_follows_in_place_weight_changes():
     pytest.importorskip("openvino")
     model = TinyModel()
     examples = (torch.rand(2, 3, 64, 64),)
-    first = acceleration.module_digest(model.image_encoder, examples)
-    assert acceleration.module_digest(model.image_encoder, examples) == first
+    first = openvino_backend.module_digest(model.image_encoder, examples)
+    assert openvino_backend.module_digest(model.image_encoder, examples) == first
     with torch.no_grad():
         model.image_encoder.neck[0].weight.mul_(2.0)  # same storage, new version
-    assert acceleration.module_digest(model.image_encoder, examples) != first
+    assert openvino_backend.module_digest(model.image_encoder, examples) != first
 
 
 def test_an_openvino_failure_on_the_automatic_path_falls_back_to_pytorch_with_a_warning(monkeypatch):
-    from automedsam import engine
-
     def broken(*args, **kwargs):
         raise RuntimeError("conversion failed (simulated)")
 
-    monkeypatch.setattr(engine, "plan_encoder", lambda device, precision, backend, model: EncoderPlan(
+    monkeypatch.setattr(runner_module, "plan_execution", lambda device, precision, backend, model: ExecutionPlan(
         "openvino" if backend == "auto" else backend, "fp32"))
-    monkeypatch.setattr(engine, "make_encode", lambda model, device, plan: broken() if plan.backend == "openvino"
+    monkeypatch.setattr(runner_module, "make_encode", lambda model, device, plan: broken() if plan.backend == "openvino"
                         else model.encode)
     warnings: list[str] = []
     reference = segment(phantom(), ["liver"], FakeModel(), EngineOptions(device="cpu", encoder_backend="torch"))
@@ -225,7 +228,7 @@ def test_the_decoder_is_prepared_once_per_model(tmp_path, monkeypatch):
     from automedsam.model import build_lite_medsam
 
     model = build_lite_medsam().eval()
-    first = acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path)
-    monkeypatch.setattr(acceleration, "_cached_ir", lambda *a: pytest.fail("prepared again for the same model"))
-    monkeypatch.setattr(acceleration.hashlib, "blake2b", lambda *a, **k: pytest.fail("weights hashed again"))
-    assert acceleration.openvino_decoder(model, "fp32", cache_root=tmp_path) is first
+    first = openvino_backend.openvino_decoder(model, "fp32", cache_root=tmp_path)
+    monkeypatch.setattr(openvino_backend, "_cached_ir", lambda *a: pytest.fail("prepared again for the same model"))
+    monkeypatch.setattr(openvino_backend.hashlib, "blake2b", lambda *a, **k: pytest.fail("weights hashed again"))
+    assert openvino_backend.openvino_decoder(model, "fp32", cache_root=tmp_path) is first

@@ -1,14 +1,16 @@
 """AutoMedSAM: LiteMedSAM whose box prompt is replaced by a learned class prompt (docs/architecture.md, Model).
 
-The inference engine encodes each slice once (`encode`), then asks for all selected classes at once
-(`segment_classes`: class prompt encoder -> SAM mask decoder on B*C (slice, class) pairs) or for box prompts
-(`segment_boxes`). All tensors are at model-input resolution (256 x 256); mapping back to the slice is the
-engine's job. The caller runs these under `torch.inference_mode()`.
+A plain PyTorch model: it encodes each slice once (`encode`), then segments all selected classes at once
+(`segment_classes`: class prompt encoder -> SAM mask decoder on B*C (slice, class) pairs) or box prompts
+(`segment_boxes`). Where and how it runs (device, precision, OpenVINO) is `automedsam.runner.ModelRunner`'s job,
+which decodes the same pairs (`class_pairs` -> decoder -> `class_output`) with the backend of its plan. All tensors
+are at model-input resolution (256 x 256); mapping back to the slice is the engine's job. The caller runs these
+under `torch.inference_mode()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +23,7 @@ from ..errors import ModelError
 from .checkpoint import Checkpoint, load_checkpoint, state_dict_mismatch
 from .class_prompt import build_class_prompt_encoder
 from .class_prompt_base import ClassPromptConfig, ClassPromptModule, PromptEmbeddings
-from .lite_medsam import LiteMedSAM, PairDecode, PairedMaskDecoder, load_lite_medsam
+from .lite_medsam import LiteMedSAM, PairedMaskDecoder, load_lite_medsam
 
 DEFAULT_PREPROCESSING: dict[str, Any] = {"image_size": 256, "ct_window": [40.0, 400.0], "mr_percentiles": [0.5, 99.5]}
 
@@ -50,6 +52,36 @@ class ClassOutput(NamedTuple):
                                             # where the pair was gated out by presence)
     presence_logits: torch.Tensor           # (B, C) > 0: the class is on the slice
     probability_std: torch.Tensor | None    # (B, C, 256, 256) std of sigmoid(logits) over noise samples, or None
+
+
+class ClassPairs(NamedTuple):
+    """The (slice, class) pairs of one class-prompt call that are decoded, with their prompts (`class_pairs`)."""
+
+    embeddings: torch.Tensor        # (B, 256, 64, 64) image embeddings of the slices
+    classes: int                    # C, the number of classes asked for
+    presence_logits: torch.Tensor   # (B, C) > 0: the class is on the slice
+    pairs: torch.Tensor             # (N,) flat b-major indices (b * C + c) of the pairs to decode
+    sparse: torch.Tensor            # (N, 2, 256) sparse prompts of those pairs
+    dense: torch.Tensor             # (N, 256, 64, 64) dense prompts of those pairs
+    condition: Any                  # the class prompt encoder's condition of those pairs (noise samples reuse it)
+
+    def images(self, shared: bool = False) -> torch.Tensor:
+        """The image embedding of each pair (N, 256, 64, 64); with `shared`, when every pair is decoded, the B
+        embeddings themselves (SAM's paired decoder gives each its C prompts in order: no copy per pair)."""
+        if shared and len(self.pairs) == self.embeddings.shape[0] * self.classes:
+            return self.embeddings
+        return self.embeddings[torch.div(self.pairs, max(self.classes, 1), rounding_mode="floor")]
+
+
+def _probability_std(logits: Iterable[torch.Tensor], samples: int) -> torch.Tensor:
+    """Per-pixel population std of sigmoid(logits) over `samples` noise samples' logits, accumulated one by one."""
+    total = squares = None
+    for sample_logits in logits:
+        probabilities = torch.sigmoid(sample_logits.float())
+        total = probabilities if total is None else total + probabilities
+        squares = probabilities * probabilities if squares is None else squares + probabilities * probabilities
+    mean = total / samples
+    return (squares / samples - mean * mean).clamp_min(0.0).sqrt()
 
 
 class AutoMedSAM(LiteMedSAM):
@@ -128,17 +160,12 @@ class AutoMedSAM(LiteMedSAM):
                              "load a model with a class checkpoint (*.automedsam.pt) to segment by class")
         return self.class_prompt_encoder
 
-    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
-                        presence_threshold: float | None = None, decoder: PairDecode | None = None) -> ClassOutput:
-        """Embeddings (B, 256, 64, 64), class indices (C,) -> `ClassOutput`; the decoder runs on the pairs at once.
+    def class_pairs(self, embeddings: torch.Tensor, class_indices: torch.Tensor,
+                    presence_threshold: float | None = None) -> ClassPairs:
+        """Embeddings (B, 256, 64, 64), class indices (C,) -> the (slice, class) pairs to decode and their prompts.
 
-        With `presence_threshold` only the (slice, class) pairs whose presence probability reaches it are sampled and
-        decoded; the others get `ABSENT_LOGIT` (probability 0) and std 0, the masks a caller that gates by presence
-        gets anyway, for a fraction of the work (most classes are absent from most slices). `decoder` replaces the
-        PyTorch mask decoder (e.g. the OpenVINO one). With `noise_samples` = N > 0 the class prompt encoder also
-        draws N seeded noise samples (its shared work is reused) and `probability_std` is the per-pixel population
-        std of their sigmoid(logits); a deterministic encoder (`stochastic = False`) gives sqrt(p (1 - p)) of the
-        mask probability p instead.
+        The class prompt encoder's shared work runs once for all pairs. With `presence_threshold` only the pairs whose
+        presence probability reaches it get prompts (and are decoded); the others are left out.
         """
         encoder = self._require_class_prompt_encoder()
         b, c = embeddings.shape[0], class_indices.shape[0]
@@ -150,46 +177,63 @@ class AutoMedSAM(LiteMedSAM):
             presence = full.presence_logits
         pairs = _pairs_to_decode(presence, presence_threshold)
         selected = condition if len(pairs) == b * c else encoder.select(condition, pairs)
-        if decoder is None and len(pairs) == b * c:
-            images = embeddings  # the paired decoder takes each slice's C prompts in order: no copy per pair
-        else:
-            images = embeddings[torch.div(pairs, max(c, 1), rounding_mode="floor")]
-        prompts = _pair_prompts(full, pairs) if full is not None else _pair_prompts(encoder.prompts(selected))
-        logits = embeddings.new_full((b * c, 1, self.image_size, self.image_size), ABSENT_LOGIT)
-        logits[pairs] = self._decode_pairs(images, *prompts, decoder).to(logits.dtype)
+        sparse, dense = _pair_prompts(full, pairs) if full is not None else _pair_prompts(encoder.prompts(selected))
+        return ClassPairs(embeddings, c, presence, pairs, sparse, dense, selected)
+
+    def noise_prompts(self, pairs: ClassPairs, samples: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Sparse (N, 2, 256) and dense (N, 256, 64, 64) prompts of `samples` seeded noise samples of the pairs, one
+        sample at a time; none for a deterministic class prompt encoder (`stochastic = False`)."""
+        encoder = self._require_class_prompt_encoder()
+        if not encoder.stochastic:
+            return
+        for sample in range(samples):
+            yield _pair_prompts(encoder.prompts(pairs.condition, sample=sample))
+
+    def class_output(self, pairs: ClassPairs, logits: torch.Tensor, noise_logits: Iterable[torch.Tensor],
+                     noise_samples: int = 0) -> ClassOutput:
+        """The decoded pairs' logits (N, 1, 256, 256) placed among all B x C pairs (`ABSENT_LOGIT` where not
+        decoded), with, for `noise_samples` > 0, the std of the mask probability: over the noise samples' logits, or
+        sqrt(p (1 - p)) of the probability p for a deterministic encoder (its `noise_logits` are empty)."""
+        b, c, size = pairs.embeddings.shape[0], pairs.classes, self.image_size
+        full = pairs.embeddings.new_full((b * c, 1, size, size), ABSENT_LOGIT)
+        full[pairs.pairs] = logits.to(full.dtype)
         std = None
         if noise_samples > 0:
-            std = torch.zeros_like(logits, dtype=torch.float32)
-            if encoder.stochastic:
-                std[pairs] = self._sample_std(encoder, selected, images, noise_samples, decoder)
+            std = torch.zeros_like(full, dtype=torch.float32)
+            if self._require_class_prompt_encoder().stochastic:
+                std[pairs.pairs] = _probability_std(noise_logits, noise_samples)
             else:   # a deterministic prompt: the Bernoulli std sqrt(p (1 - p)) of the mask probability
-                probabilities = torch.sigmoid(logits[pairs].float())
-                std[pairs] = (probabilities * (1.0 - probabilities)).sqrt()
-            std = std.view(b, c, *std.shape[-2:])
-        return ClassOutput(logits.view(b, c, *logits.shape[-2:]), presence, std)
+                probabilities = torch.sigmoid(full[pairs.pairs].float())
+                std[pairs.pairs] = (probabilities * (1.0 - probabilities)).sqrt()
+            std = std.view(b, c, size, size)
+        return ClassOutput(full.view(b, c, size, size), pairs.presence_logits, std)
 
-    def _sample_std(self, encoder: ClassPromptModule, condition: Any, images: torch.Tensor, samples: int,
-                    decoder: PairDecode | None) -> torch.Tensor:
-        """Per-pixel population std of sigmoid(logits) over `samples` seeded noise samples of the prompts."""
-        total = squares = None
-        for sample in range(samples):
-            logits = self._decode_pairs(images, *_pair_prompts(encoder.prompts(condition, sample=sample)), decoder)
-            probabilities = torch.sigmoid(logits.float())
-            total = probabilities if total is None else total + probabilities
-            squares = probabilities * probabilities if squares is None else squares + probabilities * probabilities
-        mean = total / samples
-        return (squares / samples - mean * mean).clamp_min(0.0).sqrt()
-
-    def _decode_pairs(self, images: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                      decoder: PairDecode | None) -> torch.Tensor:
-        """Prompts (N, ...) with one image embedding each, or (PyTorch decoder only) with B embeddings that take
-        N / B consecutive prompts each -> logits (N, 1, 256, 256), by `decoder` or PyTorch's."""
+    def decode_pairs(self, images: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Prompts (N, 2, 256), (N, 256, 64, 64) with one image embedding each, or with B embeddings (N, B) that take
+        N / B consecutive prompts each -> mask logits (N, 1, 256, 256) by SAM's paired decoder (none for N = 0)."""
         if sparse.shape[0] == 0:
             return images.new_zeros((0, 1, self.image_size, self.image_size))
-        if decoder is not None:
-            return decoder(images, sparse, dense)
         logits, _ = self.decode(images, sparse.to(images.dtype), dense.to(images.dtype))
         return logits
+
+    def segment_classes(self, embeddings: torch.Tensor, class_indices: torch.Tensor, noise_samples: int = 0,
+                        presence_threshold: float | None = None) -> ClassOutput:
+        """Embeddings (B, 256, 64, 64), class indices (C,) -> `ClassOutput`; the decoder runs on the pairs at once.
+
+        With `presence_threshold` only the (slice, class) pairs whose presence probability reaches it are sampled and
+        decoded; the others get `ABSENT_LOGIT` (probability 0) and std 0, the masks a caller that gates by presence
+        gets anyway, for a fraction of the work (most classes are absent from most slices). With `noise_samples` =
+        N > 0 the class prompt encoder also draws N seeded noise samples (its shared work is reused) and
+        `probability_std` is the per-pixel population std of their sigmoid(logits); a deterministic encoder
+        (`stochastic = False`) gives sqrt(p (1 - p)) of the mask probability p instead. The steps are public
+        (`class_pairs`, `noise_prompts`, `decode_pairs`, `class_output`) so that `automedsam.runner` can decode the
+        same pairs with another backend.
+        """
+        pairs = self.class_pairs(embeddings, class_indices, presence_threshold)
+        images = pairs.images(shared=True)
+        logits = self.decode_pairs(images, pairs.sparse, pairs.dense)
+        noise = (self.decode_pairs(images, *prompts) for prompts in self.noise_prompts(pairs, noise_samples))
+        return self.class_output(pairs, logits, noise, noise_samples)
 
     def train(self, mode: bool = True) -> AutoMedSAM:
         """Set training mode, except for the image encoder: it is frozen and its BatchNorm must keep eval statistics."""

