@@ -11,12 +11,12 @@ MAX_ROWS = 500  # the most uncertain slices; a whole-body run can have thousands
 
 
 class ReviewTable:
-    """A `QTableWidget` of (segment, slice, score) rows, most uncertain first; each row keeps its RAS point."""
+    """A `QTableWidget` of (segment, slice, score) rows, most suspect first; each row keeps its RAS point."""
 
     def __init__(self, tableWidget) -> None:
         self.table = tableWidget
         self.table.setColumnCount(3)
-        self.table.setHorizontalHeaderLabels([_("Segment"), _("Slice"), _("Uncertainty")])
+        self.table.setHorizontalHeaderLabels([_("Segment"), _("Slice"), _("Score")])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.connect("cellClicked(int,int)", self.jumpToRow)
@@ -30,7 +30,10 @@ class ReviewTable:
         for row, score in enumerate(shown):
             cells = (score.name, f"{score.axis} {score.index}", f"{score.score:.3f}")
             for column, text in enumerate(cells):
-                self.table.setItem(row, column, qt.QTableWidgetItem(text))
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(_("uncertainty {doubt:.2f}, change from the neighbouring slices {change:.2f}").format(
+                    doubt=score.doubt, change=score.inconsistency))
+                self.table.setItem(row, column, item)
         self.table.resizeColumnsToContents()
 
     def jumpToRow(self, row: int, column: int = 0) -> None:

@@ -37,8 +37,8 @@ def _add_segment_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--uncertainty", type=Path, default=None, metavar="OUT",
                         help="also write a per-voxel uncertainty map (.nii.gz or .nrrd)")
     parser.add_argument("--report", type=Path, default=None, metavar="CSV",
-                        help="also write the slices of each segment ranked by uncertainty, most uncertain first "
-                             "(.csv): the slices to review first")
+                        help="also write each segment's slices ranked for review, most suspect first (.csv): "
+                             "uncertainty on the segment and change from the neighbouring slices")
     parser.add_argument("--samples", type=int, default=4,
                         help="noise samples for --uncertainty and --report (default 4)")
     parser.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the detected modality")

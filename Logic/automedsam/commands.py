@@ -112,14 +112,14 @@ def _wants_uncertainty(args: argparse.Namespace) -> bool:
 
 
 def _write_review_report(result: LabelVolume, path: object) -> None:
-    """`--report`: the slices of every segment, most uncertain first; says which slice to look at first."""
+    """`--report`: the slices of every segment, most suspect first; says which slice to look at first."""
     from .review import slice_scores, write_report
 
     scores = slice_scores(result)
     write_report(scores, path)  # type: ignore[arg-type]
     if scores:
         top = scores[0]
-        _say(f"wrote {path} ({len(scores)} segment slices); most uncertain: {top.name}, slice {top.axis}={top.index}")
+        _say(f"wrote {path} ({len(scores)} segment slices); most suspect: {top.name}, slice {top.axis}={top.index}")
     else:
         _say(f"wrote {path} (no segment slices: every segment is empty)")
 

@@ -1,12 +1,14 @@
-"""Which slices to review first: a per-slice, per-segment uncertainty score from a run's uncertainty map.
+"""Which slices to review first: a per-slice, per-segment score from the run's uncertainty map and the 3D shape.
 
-Correcting is slow mostly because the bad slices must be found. The engine's uncertainty map holds, per voxel, the
-largest std of a class's mask probability (over noise samples, or the Bernoulli std sqrt(p (1 - p)) of a
-deterministic prompt). A confident mask has a sharp edge: its probabilities jump from ~0 to ~1 across one voxel. A
-mask that the model is unsure of has a wide, soft edge, or soft patches inside. So each segment's slice gets the
-mean uncertainty over its edge band (the mask's in-plane boundary, one voxel either side); slices
-are the engine's axial slices (the volume axis nearest to superior-inferior), indexed on the input grid.
-`docs/model-card.md` reports how well this score ranks slices by their error on unseen patients.
+Correcting is slow mostly because the bad slices must be found. Two signals, each 0 (fine) to 1 (suspect):
+- doubt: the model's own uncertainty over the segment and a one-pixel ring around it, scaled to 0..1. The engine's
+  uncertainty map holds, per voxel, the largest std of a class's mask probability (over noise samples, or the
+  Bernoulli std sqrt(p (1 - p)) of a deterministic prompt; 0.5 is a coin toss, so doubt = 2 x mean std).
+- inconsistency: 1 - the mean Dice of the segment on this slice with the same segment on the slices next to it. Organs
+  change shape slowly from slice to slice; a mask that jumps, appears or vanishes is often wrong.
+The score is their mean. Measured leave-one-patient-out (docs/model-card.md, "Review ranking"), the combination
+ranks slices by their error better than either the edge uncertainty alone or the presence score. Slices are the
+engine's axial slices (the volume axis nearest to superior-inferior), indexed on the input grid.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .errors import InputError
 from .result import LabelVolume
 from .volume import canonical_view
 
-REPORT_COLUMNS = ("rank", "class", "segment", "slice_axis", "slice", "r_mm", "a_mm", "s_mm", "area_mm2", "score")
+REPORT_COLUMNS = ("rank", "class", "segment", "slice_axis", "slice", "r_mm", "a_mm", "s_mm", "area_mm2", "doubt",
+                  "inconsistency", "score")
 _AXIS_NAMES = ("K", "J", "I")  # KJI array axis -> IJK axis letter
 _EDGE = ndimage.generate_binary_structure(2, 1)
 
@@ -39,38 +42,40 @@ class SliceScore:
     index: int                                  # slice index along that axis (0-based, input grid)
     center_ras: tuple[float, float, float]      # centre of the segment on that slice, RAS mm (a place to jump to)
     area_mm2: float
-    score: float
+    doubt: float                                # 0..1, the model's uncertainty over the mask and its ring
+    inconsistency: float                        # 0..1, 1 - mean Dice with the same segment on adjacent slices
+    score: float                                # mean of doubt and inconsistency: the ranking
 
 
 def slice_scores(result: LabelVolume) -> list[SliceScore]:
-    """Every (segment, slice) with voxels, most uncertain first; needs the run's uncertainty map."""
+    """Every (segment, slice) with voxels, most suspect first; needs the run's uncertainty map."""
     if result.uncertainty is None:
         raise InputError("the result has no uncertainty map; run with uncertainty enabled to rank slices")
     array_axis = canonical_view(result.volume).permutation[0]
     labels = np.moveaxis(result.labels, array_axis, 0)
     uncertainty = np.moveaxis(np.asarray(result.uncertainty, dtype=np.float32), array_axis, 0)
-    spacing_kji = result.volume.spacing[::-1]
-    pixel_mm2 = float(np.prod(np.delete(spacing_kji, array_axis)))
+    pixel_mm2 = float(np.prod(np.delete(result.volume.spacing[::-1], array_axis)))
     scores = []
     for segment in result.segments:
-        for index in np.flatnonzero((labels == segment.label_value).any(axis=(1, 2))):
-            mask = labels[index] == segment.label_value
-            score = float(uncertainty[index][_review_region(mask)].mean())
+        masks = labels == segment.label_value
+        for index in np.flatnonzero(masks.any(axis=(1, 2))):
+            mask = masks[index]
+            doubt = min(1.0, 2.0 * float(uncertainty[index][ndimage.binary_dilation(mask, structure=_EDGE)].mean()))
+            inconsistency = _inconsistency(masks, int(index))
             center = _center_ras(result, array_axis, int(index), mask)
             scores.append(SliceScore(segment.key, segment.name, _AXIS_NAMES[array_axis], int(index), center,
-                                     float(mask.sum()) * pixel_mm2, score))
+                                     float(mask.sum()) * pixel_mm2, doubt, inconsistency, (doubt + inconsistency) / 2))
     return sorted(scores, key=lambda s: (-s.score, s.key, s.index))
 
 
-def _review_region(mask: np.ndarray) -> np.ndarray:
-    """The mask's edge band, one pixel either side of its boundary (the whole mask when it is that thin).
-
-    Only the edge, not the inside: a mean over the whole mask would rank large organs as sure just because most of
-    their pixels lie far from any edge.
-    """
-    outside = ndimage.binary_dilation(mask, structure=_EDGE)
-    inside = ndimage.binary_erosion(mask, structure=_EDGE, border_value=0)
-    return outside & ~inside if inside.any() else outside
+def _inconsistency(masks: np.ndarray, index: int) -> float:
+    """1 - mean Dice of slice `index`'s mask with the masks on the slices before and after it (those that exist)."""
+    mask, dices = masks[index], []
+    for other in (index - 1, index + 1):
+        if 0 <= other < len(masks):
+            neighbour = masks[other]
+            dices.append(2.0 * np.count_nonzero(mask & neighbour) / (mask.sum() + neighbour.sum()))
+    return 1.0 - float(np.mean(dices)) if dices else 0.0
 
 
 def _center_ras(result: LabelVolume, array_axis: int, index: int, mask: np.ndarray) -> tuple[float, float, float]:
@@ -85,13 +90,13 @@ def _center_ras(result: LabelVolume, array_axis: int, index: int, mask: np.ndarr
 
 
 def report_text(scores: Sequence[SliceScore]) -> str:
-    """The review report as CSV text: one row per (segment, slice), most uncertain first."""
+    """The review report as CSV text: one row per (segment, slice), most suspect first."""
     buffer = text_io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REPORT_COLUMNS)
     for rank, s in enumerate(scores, start=1):
         writer.writerow([rank, s.key, s.name, s.axis, s.index, *(f"{x:.2f}" for x in s.center_ras),
-                         f"{s.area_mm2:.1f}", f"{s.score:.4f}"])
+                         f"{s.area_mm2:.1f}", f"{s.doubt:.4f}", f"{s.inconsistency:.4f}", f"{s.score:.4f}"])
     return buffer.getvalue()
 
 

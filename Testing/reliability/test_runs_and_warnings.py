@@ -197,5 +197,5 @@ def test_review_report_ranks_every_segment_slice(workspace):
     assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
-    assert f"wrote {report} ({len(rows)} segment slices); most uncertain:" in outcome.err
+    assert f"wrote {report} ({len(rows)} segment slices); most suspect:" in outcome.err
     assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~umask()

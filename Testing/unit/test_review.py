@@ -31,7 +31,9 @@ def test_soft_slice_first_with_area_and_position():
     matrix[:3, 3] = (10.0, 20.0, -30.0)
     scores = slice_scores(_result(matrix))
     assert [(s.axis, s.index) for s in scores] == [("K", 2), ("K", 1)]
-    assert scores[0].score == pytest.approx(0.4) and scores[1].score == pytest.approx(0.05)
+    assert (scores[0].doubt, scores[1].doubt) == (pytest.approx(0.8), pytest.approx(0.1))      # 2 x mean std
+    assert scores[0].inconsistency == scores[1].inconsistency == pytest.approx(0.5)     # one equal, one empty side
+    assert (scores[0].score, scores[1].score) == (pytest.approx(0.65), pytest.approx(0.3))
     assert scores[0].area_mm2 == pytest.approx(20 * 0.5 * 0.8)
     r, a, s = scores[0].center_ras
     assert s == pytest.approx(-30.0 + 2 * 3.0)                    # slice K=2
@@ -49,17 +51,24 @@ def test_slices_follow_the_axial_axis_of_a_sagittal_volume():
         assert s.center_ras[2] == pytest.approx(s.index)          # I index = S mm here
 
 
-def test_edge_band_not_the_inside_decides():
-    """A large mask with a sure inside and a soft edge ranks above a small mask that is sure everywhere."""
-    result = _result(np.eye(4), shape_kji=(2, 40, 40))
+def test_a_mask_that_jumps_between_slices_ranks_first():
+    """Same doubt everywhere: the slice whose mask is nothing like its neighbours' comes first, its neighbours next."""
+    result = _result(np.eye(4), shape_kji=(5, 30, 30))
     result.labels[:] = 0
-    result.labels[0, 5:35, 5:35] = 1
-    result.labels[1, 18:22, 18:22] = 1
-    result.uncertainty[:] = 0.0
-    result.uncertainty[0, 4:36, 4:36] = 0.3
-    result.uncertainty[0, 7:33, 7:33] = 0.0
+    result.labels[:, 5:15, 5:15] = 1
+    result.labels[2] = 0
+    result.labels[2, 15:25, 15:25] = 1                        # slice 2 jumped to another place
+    result.uncertainty[:] = 0.1
     scores = slice_scores(result)
-    assert [s.index for s in scores] == [0, 1] and scores[1].score == 0.0
+    assert scores[0].index == 2 and scores[0].inconsistency == pytest.approx(1.0)
+    assert {s.index for s in scores[1:3]} == {1, 3} and scores[-1].index in (0, 4)
+    assert all(s.doubt == pytest.approx(0.2) for s in scores)
+
+
+def test_doubt_is_capped_at_one():
+    result = _result(np.eye(4))
+    result.uncertainty[:] = 0.7                               # a sampled std can exceed 0.5 only in theory
+    assert all(s.doubt == 1.0 for s in slice_scores(result))
 
 
 def test_no_uncertainty_is_a_clear_error():

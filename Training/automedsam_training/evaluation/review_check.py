@@ -1,9 +1,10 @@
-"""Does the review ranking find the bad slices? Spearman correlation of slice uncertainty and slice error.
+"""Does the review ranking find the bad slices? Spearman correlation of the review score and slice error.
 
-`automedsam.review` ranks each segment's slices by the uncertainty along its edge, so that an annotator corrects the
-worst slices first. That ranking is only worth showing if uncertain slices are the wrong ones. Here every (segment,
-slice) the engine produced on a labelled volume gets its review score and its error, 1 - Dice of that slice against
-the reference; `lopo` reports Spearman's rho per left-out patient (positive: higher uncertainty, larger error).
+`automedsam.review` ranks each segment's slices by a score (the model's uncertainty on the segment and the segment's
+change from the neighbouring slices), so that an annotator corrects the worst slices first. That ranking is only
+worth showing if the suspect slices are the wrong ones. Here every (segment, slice) the engine produced on a labelled
+volume gets its review score and its error, 1 - Dice of that slice against the reference; `lopo` reports Spearman's
+rho per left-out patient (positive: a higher score, a larger error).
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def read_review_rows(path: Path) -> list[ReviewRow]:
 
 def review_markdown(rows: Sequence[ReviewRow]) -> str:
     """A section for `lopo.md`: rho per left-out patient, over all of its segment slices."""
-    lines = ["## Review ranking", "", "Spearman's rho between the review score of each segment slice (uncertainty "
-             "along its edge, `automedsam segment --report`) and its error (1 - Dice of that slice); positive: the "
-             "ranking puts the wrong slices first.", "", "| left-out patient | segment slices | mean error | rho |",
+    lines = ["## Review ranking", "", "Spearman's rho between the review score of each segment slice "
+             "(`automedsam segment --report`) and its error (1 - Dice of that slice); positive: the ranking puts the "
+             "wrong slices first.", "", "| left-out patient | segment slices | mean error | rho |",
              "| --- | --- | --- | --- |"]
     for patient in dict.fromkeys(r.patient for r in rows):
         mine = [r for r in rows if r.patient == patient]
