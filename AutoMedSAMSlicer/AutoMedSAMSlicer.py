@@ -40,15 +40,7 @@ def _addBundledPackagesToPath() -> None:
 
 _addBundledPackagesToPath()
 
-from AutoMedSAMSlicerLib import (  # noqa: E402
-    ClassTree,
-    ReviewTable,
-    SlicerInstallHost,
-    askExportPath,
-    dicomFiles,
-    dicomPatient,
-    openSegmentEditor,
-)
+import AutoMedSAMSlicerLib as lib  # noqa: E402 (the Qt and application helpers)
 
 from automedsam.catalog import default_catalog  # noqa: E402 (needs the path above)
 from automedsam.errors import Cancelled, InputError  # noqa: E402
@@ -207,8 +199,8 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "Python {version}.").format(version=sys.version.split()[0])
             return
         self.logic = AutoMedSAMSlicerLogic()
-        self._classTree = ClassTree(self.ui.classTreeWidget)
-        self._reviewTable = ReviewTable(self.ui.reviewTable)
+        self._classTree = lib.ClassTree(self.ui.classTreeWidget)
+        self._reviewTable = lib.ReviewTable(self.ui.reviewTable)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classSearchBox.connect("textChanged(QString)", self._fillClassTree)
@@ -416,13 +408,13 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------- review, export
     def onSegmentEditorButton(self) -> None:
         """Open the Segment Editor on the result, with the input volume as its source volume."""
-        openSegmentEditor(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
+        lib.openSegmentEditor(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
 
     def onExportButton(self) -> None:
         """Write the output segmentation as it is now (with the user's corrections) in the chosen format."""
         parameters = self._parameterNode
         exportFormat = parameters.exportFormat
-        path = askExportPath(exportFormat.value, exportFormat.label(), parameters.outputSegmentation.GetName(),
+        path = lib.askExportPath(exportFormat.value, exportFormat.label(), parameters.outputSegmentation.GetName(),
                              folder=exportFormat == ExportFormat.DICOM_SEG)
         if not path:
             return
@@ -492,12 +484,12 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         if self._segmentationLogic is None:
             from automedsam.slicer.logic import SceneSegmenter
 
-            self._segmentationLogic = SceneSegmenter(dicom_files=dicomFiles)
+            self._segmentationLogic = SceneSegmenter(dicom_files=lib.dicomFiles)
         return self._segmentationLogic
 
     def process(self, parameters, progress=None, cancel=None):
         """Install what is missing (asking first), then run; returns `automedsam.slicer.logic.SegmentationOutcome`."""
-        ensure_ready(SlicerInstallHost(), self.registry, parameters.model)
+        ensure_ready(lib.SlicerInstallHost(), self.registry, parameters.model)
         return self.segmentationLogic().run(self.request(parameters), progress, cancel)
 
     def segment(self, volumeNode, classes, outputSegmentation=None, model=None, device="auto", progress=None,
@@ -509,14 +501,14 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
     def saveTrainingCase(self, parameters):
         """Add the input volume and the output segmentation (user edits included) to the training dataset; the
         patient is the DICOM Patient ID when the volume came from DICOM, else the volume's name."""
-        DependencyInstaller(SlicerInstallHost()).ensure()
+        DependencyInstaller(lib.SlicerInstallHost()).ensure()
         volume = parameters.inputVolume
         return self.segmentationLogic().save_training_case(parameters.outputSegmentation, volume,
-                                                            parameters.trainingDataset, dicomPatient(volume))
+                                                            parameters.trainingDataset, lib.dicomPatient(volume))
 
     def export(self, parameters, path):
         """Write the output segmentation (user edits included) to `path`; a folder means DICOM SEG."""
-        DependencyInstaller(SlicerInstallHost()).ensure()
+        DependencyInstaller(lib.SlicerInstallHost()).ensure()
         return self.segmentationLogic().export(parameters.outputSegmentation, parameters.inputVolume, path)
 
 
