@@ -186,6 +186,19 @@ def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**parts)
 
 
+def known_settings(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`raw` (e.g. a recipe another version recorded in a checkpoint) without the sections and settings this version
+    does not know, and the `section.key` names of those left out."""
+    kept: dict[str, dict[str, Any]] = {}
+    dropped = sorted(set(raw) - set(_SECTIONS))
+    for section, kind in _SECTIONS.items():
+        known = {f.name for f in fields(kind)}
+        values = dict(raw.get(section) or {})
+        dropped += [f"{section}.{key}" for key in values if key not in known]
+        kept[section] = {key: value for key, value in values.items() if key in known}
+    return kept, dropped
+
+
 def _read_toml(path: Path, seen: set[Path]) -> dict[str, dict[str, Any]]:
     """The file's sections with relative paths resolved, merged over the file it `extends`."""
     path = path.expanduser().resolve()

@@ -37,8 +37,9 @@ class LabelledVolume:
         return np.isin(self.labels, values)
 
 
-def read_labelled_volume(case: CaseSpec, resample_labels: bool = False) -> LabelledVolume:
-    """Read a case's image and its label map aligned onto the image grid; label values checked against the map."""
+def read_labelled_volume(case: CaseSpec, resample_labels: bool = False, check_values: bool = True) -> LabelledVolume:
+    """Read a case's image and its label map aligned onto the image grid; label values checked against the map
+    (`check_values=False`: only that they are whole numbers, for callers that report unknown values themselves)."""
     volume = read_volume(case.image, case.modality)
     try:
         label_image = sitk.ReadImage(str(case.label))
@@ -46,19 +47,28 @@ def read_labelled_volume(case: CaseSpec, resample_labels: bool = False) -> Label
         raise InputError(f"case {case.id!r}: could not read the label map {case.label}: "
                          f"{str(error).strip().splitlines()[-1]}") from error
     labels = align_labels(volume.to_sitk(), label_image, resample_labels, f"case {case.id!r}")
-    check_label_values(labels, case)
+    if check_values:
+        check_label_values(labels, case)
+    else:
+        unknown_label_values(labels, case)
     return LabelledVolume(case, volume, labels)
 
 
-def check_label_values(labels: np.ndarray, case: CaseSpec) -> None:
-    """`InputError` listing label values that the case's label map does not name (0 is background)."""
+def unknown_label_values(labels: np.ndarray, case: CaseSpec) -> list[int]:
+    """Label values that the case's label map does not name (0 is background); `InputError` for a map that holds
+    non-integer values (an image, not a label map)."""
     if not np.issubdtype(labels.dtype, np.integer):
         rounded = np.rint(labels)
         if not np.array_equal(rounded, labels):
             raise InputError(f"case {case.id!r}: the label map {case.label} holds non-integer values; it is not a "
                              "label map (is it the image?)")
     values = {int(v) for v in np.unique(labels)} - {0}
-    unknown = sorted(values - set(case.label_map))
+    return sorted(values - set(case.label_map))
+
+
+def check_label_values(labels: np.ndarray, case: CaseSpec) -> None:
+    """`InputError` listing label values that the case's label map does not name (0 is background)."""
+    unknown = unknown_label_values(labels, case)
     if unknown:
         raise InputError(f"case {case.id!r}: label values {unknown} in {case.label.name} are not in the label map "
                          f"(it names {sorted(case.label_map)}); add them to the spec's label map (null for "

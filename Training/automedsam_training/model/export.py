@@ -52,10 +52,12 @@ def provenance(spec: DatasetSpec, data: TrainingSet | None, holdout: Sequence[st
 
 
 def export_model(path: Path, model: AutoMedSAM, config: TrainConfig, spec: DatasetSpec, data: TrainingSet | None,
-                 step: int, metrics: Mapping[str, Any]) -> Path:
-    """Write the trained model as an `*.automedsam.pt` with its recipe, data provenance and metrics inside."""
+                 step: int, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the trained model as an `*.automedsam.pt` with its recipe, data provenance and metrics inside;
+    `extra` adds records to the training record (e.g. `finetune`'s initial model)."""
     training = {"config": config.to_dict(), "steps": step, "data": provenance(spec, data, config.data.holdout_cases),
                 "trained_classes": list(data.classes) if data is not None else list(model.classes),
                 "software": {"automedsam": automedsam_version, "automedsam_training": __version__,
-                             "torch": str(torch.__version__), "python": platform.python_version()}}
+                             "torch": str(torch.__version__), "python": platform.python_version()},
+                **dict(extra or {})}
     return save_checkpoint(path, model, training=training, metrics=metrics)

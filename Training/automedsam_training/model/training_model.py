@@ -21,13 +21,18 @@ def build_training_model(config: TrainConfig, classes: Sequence[str]) -> AutoMed
     """The model to train for `classes` (catalog keys); random initialisation follows `run.seed`."""
     torch.manual_seed(config.run.seed)
     if config.model.init:
-        model = load_model(config.model.init)
-        new = [key for key in classes if key not in model.classes]
-        if new:
-            model.add_classes(new)
-        return model
+        return with_classes(load_model(config.model.init), classes)
     model = load_model(config.model.base)
     model.attach_new_class_prompt_encoder(list(classes), ClassPromptConfig(**config.model.class_prompt))
+    return model
+
+
+def with_classes(model: AutoMedSAM, classes: Sequence[str]) -> AutoMedSAM:
+    """`model` with the classes of `classes` it lacks appended (`AutoMedSAM.add_classes`, initialised from the torch
+    generator); its own classes keep their embeddings."""
+    new = [key for key in classes if key not in model.classes]
+    if new:
+        model.add_classes(new)
     return model
 
 
