@@ -9,6 +9,7 @@
     automedsam-train evaluate runs/liver/model.automedsam.pt liver.json -o runs/liver/eval [--slices validation]
     automedsam-train lopo config.toml [--patients ct ct_dicom] [--boxes]
     automedsam-train export runs/liver -o liver.automedsam.pt
+    automedsam-train finetune --init automedsam_default --data Dataset900_Corrections [-o models/] [--steps 100]
 
 Exit codes as `automedsam`: 0 success, 2 user error (one `error: ...` line), 1 internal error, 130 interrupted.
 """
@@ -68,6 +69,35 @@ def _add_slicer_parser(commands: argparse._SubParsersAction) -> None:
                         help="resample a segmentation on another grid onto the image (nearest neighbour)")
 
 
+FINETUNE_STEPS = 100
+FINETUNE_HELP = f"""Adapt a model to a few corrected cases (and to classes they label that the model lacks) and compare
+old and new on slices the new model never saw: the middle 20 % of each case's axial slices are held out, the rest
+trained on. The recipe recorded in the model (losses, learning rate, augmentation, sampling) is reused with a short
+schedule ({FINETUNE_STEPS} steps by default: minutes on a CPU for a few cases). Writes <init name>-ftN.automedsam.pt
+(never over an existing file), its comparison (.comparison.md, .comparison.csv) and a run folder (<name>_run/)."""
+
+
+def _add_finetune_parser(commands: argparse._SubParsersAction) -> None:
+    finetune = commands.add_parser("finetune", help="adapt a model to corrected cases; old vs new on held-out slices",
+                                   description=FINETUNE_HELP)
+    finetune.add_argument("--init", required=True, metavar="MODEL",
+                          help="registry id (e.g. automedsam_default) or an *.automedsam.pt file")
+    finetune.add_argument("--data", required=True, type=Path, metavar="DIR",
+                          help="dataset folder written by `automedsam export-training` or Save as training case "
+                          "(nnU-Net layout), or a dataset spec (.json)")
+    finetune.add_argument("-o", "--output", type=Path, default=None, metavar="OUT",
+                          help="folder for the new model and its reports (default: the current folder), or the "
+                          "new *.automedsam.pt itself")
+    finetune.add_argument("--steps", type=int, default=FINETUNE_STEPS,
+                          help="optimiser steps (default: %(default)s, a short schedule for a few cases on a CPU)")
+    finetune.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    finetune.add_argument("--classes", nargs="+", default=[], metavar="CLASS",
+                          help="classes to train (default: every class the cases label); classes the model lacks "
+                          "are added")
+    finetune.add_argument("--ignore-unknown-labels", action="store_true",
+                          help="treat label values the dataset does not name as background instead of refusing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser, commands = program_parser("automedsam-train", "Train AutoMedSAM class prompt encoders.", __version__)
@@ -98,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a run's trained model (from its state.pt) as *.automedsam.pt")
     export.add_argument("run", type=Path, help="run folder holding state.pt")
     export.add_argument("-o", "--output", type=Path, required=True)
+    _add_finetune_parser(commands)
     return parser
 
 
@@ -109,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"import-nnunet": commands.run_import_nnunet, "import-totalseg": commands.run_import_totalseg,
                 "import-slicer": commands.run_import_slicer,
                 "inspect": commands.run_inspect, "train": commands.run_train, "evaluate": commands.run_evaluate,
-                "lopo": commands.run_lopo, "export": commands.run_export}
+                "lopo": commands.run_lopo, "export": commands.run_export, "finetune": commands.run_finetune}
     return run_command(args, handlers[args.command],
                        "interrupted; the last checkpoint (if any) is in the run folder: resume with --resume")
 

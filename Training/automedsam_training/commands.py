@@ -19,6 +19,8 @@ from .data.dataset_spec import load_spec, parse_pairs, save_spec
 from .data.folder_import import import_nnunet_folder, import_totalsegmentator_reference
 from .data.slicer_import import SegmentChoices, add_cases, import_slicer_segmentation
 from .evaluation.evaluate import evaluate, write_reports
+from .evaluation.finetune import FineTuneOptions, summary_lines
+from .evaluation.finetune import run_finetune as finetune
 from .evaluation.lopo import run_lopo as run_lopo_folds
 from .model.export import export_model
 from .model.training_model import build_training_model, load_trained_state
@@ -133,3 +135,12 @@ def run_export(args: argparse.Namespace) -> None:
                               "note": "exported from a training state: the weights of its last step"}}
     path = export_model(args.output, model, config, spec, None, position["step"], metrics)
     _say(f"wrote {path} (step {position['step']})")
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    """`finetune`: a short run from the init model on the cases, old vs new on their held-out slices; prints the
+    per-class table and where the new model is."""
+    options = FineTuneOptions(steps=args.steps, device=args.device, classes=tuple(args.classes),
+                              ignore_unknown_labels=args.ignore_unknown_labels)
+    result = finetune(args.init, args.data, args.output, options, say=_say)
+    print("\n".join(summary_lines(result)))
