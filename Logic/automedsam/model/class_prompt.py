@@ -39,6 +39,7 @@ from .class_prompt_base import (
     DenoisingLoss,
     PromptEmbeddings,
     combine_losses,
+    norm_groups,
     start_noise,
 )
 from .class_prompt_official import OfficialClassPromptEncoder
@@ -64,10 +65,6 @@ def _random(shape: tuple[int, ...], generator: torch.Generator | None, device: t
     return draw(shape, generator=generator, device=source).to(device)
 
 
-def _groups(channels: int) -> int:
-    return math.gcd(32, channels)
-
-
 def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
     """(N,) real values -> (N, dim) sin/cos features at geometric frequencies (transformer timestep encoding)."""
     half = dim // 2
@@ -90,9 +87,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.norm1 = nn.GroupNorm(norm_groups(in_channels), in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.norm2 = nn.GroupNorm(norm_groups(out_channels), out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -113,7 +110,7 @@ class SharedTrunk(nn.Module):
         self.down = nn.Conv2d(width, mid, 3, stride=2, padding=1)
         self.middle = ResidualBlock(mid, mid)
         self.up = nn.Conv2d(mid, width, 1)
-        self.out = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(),
+        self.out = nn.Sequential(nn.GroupNorm(norm_groups(width), width), nn.SiLU(),
                                  nn.Conv2d(width, config.head_channels, 1))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -201,7 +198,7 @@ class ClassPromptEncoder(ClassPromptModule):
         self.class_embedding = nn.Embedding(config.num_classes, config.class_dim)
         self.trunk = SharedTrunk(config)
         self.film = nn.Linear(config.class_dim, 2 * width)
-        self.head_norm = nn.GroupNorm(_groups(width), width)
+        self.head_norm = nn.GroupNorm(norm_groups(width), width)
         self.head_conv = nn.Conv2d(width, width, 3, padding=1)
         self.class_code = nn.Linear(config.class_dim, dim)
         self.presence = nn.Sequential(nn.Linear(2 * width + dim, dim), nn.SiLU(), nn.Linear(dim, 1))
@@ -210,7 +207,7 @@ class ClassPromptEncoder(ClassPromptModule):
         self.register_buffer("memory_position", position_grid(config.grid_size // 2, dim), persistent=False)
         self.denoiser = TokenDenoiser(config)
         self.dense_film = nn.Linear(2 * config.prompt_dim, 2 * width)
-        self.dense_norm = nn.GroupNorm(_groups(width), width)
+        self.dense_norm = nn.GroupNorm(norm_groups(width), width)
         self.dense_out = nn.Conv2d(width, config.prompt_dim, 1)
         self.dense_bias = nn.Parameter(torch.zeros(config.prompt_dim))
         nn.init.zeros_(self.dense_out.weight)

@@ -21,18 +21,20 @@ the mask probabilities instead.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
-from .class_prompt_base import ClassPromptConfig, ClassPromptModule, DenoisingLoss, PromptEmbeddings, combine_losses
-
-
-def _groups(channels: int) -> int:
-    return math.gcd(32, channels)
+from .class_prompt_base import (
+    ClassPromptConfig,
+    ClassPromptModule,
+    DenoisingLoss,
+    PromptEmbeddings,
+    combine_losses,
+    norm_groups,
+)
 
 
 class DilatedBlock(nn.Module):
@@ -40,9 +42,9 @@ class DilatedBlock(nn.Module):
 
     def __init__(self, channels: int, dilation: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.norm1 = nn.GroupNorm(norm_groups(channels), channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
-        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.norm2 = nn.GroupNorm(norm_groups(channels), channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,14 +76,14 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         self.class_embedding = nn.Embedding(config.num_classes, config.class_dim)
         self.stem = nn.Conv2d(config.prompt_dim, width, 1)
         self.trunk = nn.Sequential(*(DilatedBlock(width, 2 ** (i % 4)) for i in range(config.trunk_depth)))
-        self.trunk_norm = nn.GroupNorm(_groups(width), width)
+        self.trunk_norm = nn.GroupNorm(norm_groups(width), width)
         self.presence_in = nn.Conv2d(width, head, 1)
         self.presence_film = nn.Linear(config.class_dim, 2 * head)
         self.presence_head = nn.Sequential(nn.Linear(2 * head + config.class_dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.project = nn.Conv2d(width, head, 1)
         self.film = nn.Linear(config.class_dim, 2 * head)
         self.blocks = nn.Sequential(DilatedBlock(head, 1), DilatedBlock(head, 2))
-        self.out_norm = nn.GroupNorm(_groups(head), head)
+        self.out_norm = nn.GroupNorm(norm_groups(head), head)
         self.token_attention = nn.Conv2d(head, 2, 1)
         self.token_from_class = nn.Linear(config.class_dim, 2 * config.prompt_dim)
         self.token_from_pool = nn.Linear(head, config.prompt_dim)

@@ -9,6 +9,7 @@ other; `class_prompt.build_class_prompt_encoder` picks one by `ClassPromptConfig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
@@ -179,6 +180,11 @@ class ClassPromptModule(nn.Module):
         if len(class_indices) and (int(class_indices.min()) < 0 or int(class_indices.max()) >= self.config.num_classes):
             raise ModelError(f"class index out of range: the class prompt encoder knows {self.config.num_classes} "
                              f"classes (0..{self.config.num_classes - 1}), got {class_indices.tolist()}")
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm groups for `channels`: 32 when it divides them (the usual choice), else the largest divisor of 32."""
+    return math.gcd(32, channels)
 
 
 def combine_losses(sparse_error: torch.Tensor, prompts: PromptEmbeddings, target_dense: torch.Tensor,
