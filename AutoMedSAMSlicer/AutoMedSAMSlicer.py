@@ -54,6 +54,7 @@ from automedsam.slicer.class_picker import (  # noqa: E402
     set_region,
 )
 from automedsam.slicer.install import MINIMUM_PYTHON, DependencyInstaller, ensure_ready  # noqa: E402
+from automedsam.slicer.model_choice import ModelChoice  # noqa: E402
 from automedsam.slicer.request import SegmentationRequest, axial_extent, request_problems, volume_problem  # noqa: E402
 
 SAMPLE_CATEGORY = "AutoMedSAM"
@@ -147,6 +148,7 @@ class AutoMedSAMSlicerParameterNode:
     inputVolume - the CT or MR volume to segment.
     classes - catalog keys of the ticked classes separated by "; " (typed names and synonyms are accepted).
     model - registry id of the model (Resources/models.json).
+    modelFile - an *.automedsam.pt (e.g. from automedsam-train finetune) used instead of `model` when set.
     device - where the model runs; fastMode - bfloat16 computation, also on the CPU.
     regionOfInterest - whole volume, axialRange (S limits in mm, node frame) or the box of roiNode.
     uncertainty - also add the uncertainty map as a volume.
@@ -158,6 +160,7 @@ class AutoMedSAMSlicerParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     classes: str = ""
     model: Annotated[str, Choice(list(MODEL_IDS))] = DEFAULT_MODEL
+    modelFile: Path
     device: Device = Device.AUTO
     fastMode: bool = False
     regionOfInterest: RegionOfInterest = RegionOfInterest.WHOLE
@@ -182,7 +185,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self._classTree = None
-        self._shownModel = None
+        self._modelInfo = None
         self._shownVolumeID = None
         self._statusIsProblem = False
 
@@ -201,6 +204,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = AutoMedSAMSlicerLogic()
         self._classTree = lib.ClassTree(self.ui.classTreeWidget)
         self._reviewTable = lib.ReviewTable(self.ui.reviewTable)
+        self._modelInfo = lib.ModelInfo(self.ui.modelInfoLabel, self.logic.catalog)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classSearchBox.connect("textChanged(QString)", self._fillClassTree)
@@ -253,7 +257,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = firstVolumeNode
         if not self._parameterNode.classes:
             self._parameterNode.classes = format_classes(default_classes(self.logic.modelClasses(
-                self._parameterNode.model)))
+                self._parameterNode)))
 
     def setParameterNode(self, inputParameterNode) -> None:
         """Set and observe the parameter node; the GUI is bound to it through SlicerParameterName."""
@@ -270,9 +274,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Keep the derived parts of the GUI (class tree, model text, ROI controls) in step with the parameters."""
         if self._parameterNode is None:
             return
-        if self._parameterNode.model != self._shownModel:
-            self._shownModel = self._parameterNode.model
-            self.ui.modelInfoLabel.text = self.logic.modelDescription(self._shownModel)
+        if self._modelInfo.show(self.logic.modelSummary(self._parameterNode)):   # another model, or a new file
             self._fillClassTree()
         else:
             self._classTree.showTicked(self._selectedKeys())
@@ -301,7 +303,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         modality = ("all", "CT", "MR")[max(self.ui.modalityFilterComboBox.currentIndex, 0)]
-        self._classTree.fill(group_classes(self.logic.catalog, self.logic.modelClasses(self._parameterNode.model),
+        self._classTree.fill(group_classes(self.logic.catalog, self.logic.modelClasses(self._parameterNode),
                                            modality, self.ui.classSearchBox.text,
                                            self.ui.onlyModelClassesCheckBox.checked))
         self._classTree.showTicked(self._selectedKeys())
@@ -444,30 +446,27 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         self.registry = _REGISTRY
         self.catalog = default_catalog()
         self._segmentationLogic = None
+        self.models = ModelChoice(self.registry)
 
     def getParameterNode(self):
         return AutoMedSAMSlicerParameterNode(super().getParameterNode())
 
-    def modelClasses(self, modelId: str) -> tuple:
-        """Catalog keys the registry model segments (read from models.json, no weights loaded)."""
-        return self.registry.get(modelId).classes
+    def modelSummary(self, parameters):
+        """The chosen model (the model file when one is set), read once per file version, without its weights."""
+        return self.models.summary(parameters.model, parameters.modelFile)
 
-    def modelDescription(self, modelId: str) -> str:
-        """Title, licence and classes of a model, for the model selector."""
-        entry = self.registry.get(modelId)
-        if not entry.classes:
-            classes = _("none: this model runs box prompts only")
-        else:
-            classes = ", ".join(self.catalog.get(key).name for key in entry.classes)
-        return _("{title}\nLicence: {license}\nClasses ({count}): {classes}").format(
-            title=entry.title, license=entry.license, count=len(entry.classes), classes=classes)
+    def modelClasses(self, parameters) -> tuple:
+        """Catalog keys the chosen model segments (every class while a model file cannot be read yet)."""
+        classes = self.modelSummary(parameters).classes
+        return tuple(self.catalog.keys()) if classes is None else classes
 
     def request(self, parameters) -> SegmentationRequest:
         """The run the parameter node describes."""
         region = parameters.regionOfInterest
         return SegmentationRequest(
             volume_node=parameters.inputVolume, classes=tuple(c.strip() for c in parameters.classes.split(";")),
-            model=parameters.model, segmentation_node=parameters.outputSegmentation, device=parameters.device.value,
+            model=self.modelSummary(parameters).spec, segmentation_node=parameters.outputSegmentation,
+            device=parameters.device.value,
             fast=parameters.fastMode, uncertainty=parameters.uncertainty,
             axial_range=(parameters.axialRange.minimum, parameters.axialRange.maximum)
             if region == RegionOfInterest.AXIAL else None,
@@ -477,7 +476,9 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         """Why Apply cannot run yet (empty: it can)."""
         if parameters.regionOfInterest == RegionOfInterest.MARKUPS and parameters.roiNode is None:
             return [_("Select a markups ROI, or segment the whole volume.")]
-        return request_problems(self.request(parameters), self.registry, self.catalog)
+        summary = self.modelSummary(parameters)
+        found = request_problems(self.request(parameters), self.registry, self.catalog, summary.classes)
+        return [summary.problem, *found] if summary.problem else found
 
     def segmentationLogic(self):
         """`automedsam.slicer.logic.SceneSegmenter`, imported once the Python packages are installed."""
@@ -489,7 +490,7 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
 
     def process(self, parameters, progress=None, cancel=None):
         """Install what is missing (asking first), then run; returns `automedsam.slicer.logic.SegmentationOutcome`."""
-        ensure_ready(lib.SlicerInstallHost(), self.registry, parameters.model)
+        ensure_ready(lib.SlicerInstallHost(), self.registry, self.modelSummary(parameters).spec)
         return self.segmentationLogic().run(self.request(parameters), progress, cancel)
 
     def segment(self, volumeNode, classes, outputSegmentation=None, model=None, device="auto", progress=None,

@@ -4,7 +4,8 @@ of the `.ui`, the parameter node and `automedsam` (as SlicerNNUnet's `SlicerNNUN
 from .ClassTree import ClassTree
 from .ExportDialog import askExportPath
 from .InstallHost import SlicerInstallHost, dicomFiles, dicomPatient
+from .ModelInfo import ModelInfo, describeModel
 from .ReviewTable import ReviewTable, openSegmentEditor
 
-__all__ = ["ClassTree", "ReviewTable", "SlicerInstallHost", "askExportPath", "dicomFiles", "dicomPatient",
-           "openSegmentEditor"]
+__all__ = ["ClassTree", "ModelInfo", "ReviewTable", "SlicerInstallHost", "askExportPath", "describeModel", "dicomFiles",
+           "dicomPatient", "openSegmentEditor"]

@@ -23,6 +23,7 @@ from automedsam.slicer.install import (
     DependencyInstaller,
     ensure_model_files,
     ensure_ready,
+    model_entries,
     satisfied,
 )
 
@@ -274,3 +275,10 @@ def test_a_corrupt_model_file_is_not_downloaded_over(tmp_path: Path, home: Path)
 def test_the_shipped_default_model_needs_no_download() -> None:
     host = FakeHost(ALL_PRESENT, answers=[])
     assert ensure_model_files(host, ModelRegistry.load(), None) == [] and not host.confirmations
+
+
+def test_a_model_file_needs_the_files_of_its_base_model() -> None:
+    """A user's *.automedsam.pt (e.g. a fine-tuned one) is no registry entry; what it runs on is LiteMedSAM's."""
+    host = FakeHost(ALL_PRESENT, answers=[])
+    assert model_entries(ModelRegistry.load(), "/data/mine-ft1.automedsam.pt")[0].id == "litemedsam"
+    assert ensure_model_files(host, ModelRegistry.load(), "/data/mine-ft1.automedsam.pt") == []

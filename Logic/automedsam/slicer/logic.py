@@ -37,6 +37,7 @@ from ..segment_tags import CLASS_KEY_TAG
 from ..volume import Volume, canonical_view, ras_box_to_canonical
 from . import bridge
 from .class_picker import parse_classes
+from .model_choice import model_version
 from .request import (
     SegmentationRequest,
     class_problem,
@@ -86,15 +87,18 @@ class SceneSegmenter:
         self._load = model_loader or (lambda spec: load_model(spec))
         self.catalog = catalog or default_catalog()
         self._dicom_files = dicom_files or (lambda node: [])
-        self._models: dict[str | None, SegmentationModel] = {}
+        self._models: dict[str | None, tuple[tuple[Any, ...], SegmentationModel]] = {}
         self._cache = EmbeddingCache()
         self._cache_owner: str | None = None
 
     def model(self, spec: str | None) -> SegmentationModel:
-        """The model for a registry id (None: the default) or checkpoint path, loaded once."""
-        if spec not in self._models:
-            self._models[spec] = self._load(spec)
-        return self._models[spec]
+        """The model for a registry id (None: the default) or checkpoint path, loaded once; a checkpoint file
+        replaced since (other modification time or size, e.g. by a new fine-tuning run) is loaded again."""
+        version = model_version(spec)
+        loaded = self._models.get(version[0])
+        if loaded is None or loaded[0] != version:
+            self._models[version[0]] = (version, self._load(spec))
+        return self._models[version[0]][1]
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self, request: SegmentationRequest, progress: ProgressCallback | None = None,

@@ -8,6 +8,7 @@ Apply button can be checked before the Python dependencies are installed. `autom
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from ..catalog import ClassCatalog
 from ..errors import AutoMedSAMError, InputError
-from ..registry import ModelRegistry
+from ..registry import ModelRegistry, is_model_path
 from ..segment_tags import CLASS_KEY_TAG
 from .class_picker import parse_classes
 
@@ -101,7 +102,7 @@ def class_problem(classes: str | tuple[str, ...], model: str | None, model_keys:
         return "Tick at least one class to segment."
     if model_keys is None:
         return None
-    label = model or "the default model"
+    label = (Path(model).name if is_model_path(model) else model) if model else "the default model"
     if not model_keys:
         return f"Model '{label}' runs box prompts only and has no classes; choose a class model."
     missing = [catalog.get(key).name for key in keys if key not in model_keys]
@@ -160,11 +161,13 @@ def tagged_segments(segmentation_node: Any) -> dict[str, str]:
     return found
 
 
-def request_problems(request: SegmentationRequest, registry: ModelRegistry, catalog: ClassCatalog) -> list[str]:
-    """Every reason the request cannot run, in the order a user fixes them (empty: Apply may run)."""
+def request_problems(request: SegmentationRequest, registry: ModelRegistry, catalog: ClassCatalog,
+                     model_keys: tuple[str, ...] | None = None) -> list[str]:
+    """Every reason the request cannot run, in the order a user fixes them (empty: Apply may run). `model_keys`:
+    the classes of a model file, when they are known (the registry lists those of registry models)."""
     problems = [volume_problem(request.volume_node)]
     try:
-        keys_of_model = model_classes(request.model, registry)
+        keys_of_model = model_keys if model_keys is not None else model_classes(request.model, registry)
     except AutoMedSAMError as error:
         return [p for p in problems if p] + [str(error)]
     problems.append(class_problem(request.classes, request.model, keys_of_model, catalog))
