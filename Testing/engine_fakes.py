@@ -32,6 +32,12 @@ class BoxOutput:
     iou: torch.Tensor
 
 
+@dataclass
+class PromptOutput:
+    logits: torch.Tensor
+    presence_logits: torch.Tensor | None
+
+
 class FakeModel:
     """Classes by intensity band, boxes as 'inside the box and not air'. Counts encoder calls."""
 
@@ -87,6 +93,26 @@ class FakeModel:
             logits.append(torch.where(inside, 10.0, -10.0))
         stacked = torch.stack(logits)[:, None]
         return BoxOutput(F.interpolate(stacked, size=(size, size)), torch.ones(len(boxes), 1))
+
+
+    def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
+                        point_labels: torch.Tensor, box: torch.Tensor | None) -> PromptOutput:
+        """A box: 'inside the box and not air'; else the class's band (or 'not air' without a class); negative
+        points clear a 5-pixel square around them. Presence: the class's band is on the slice."""
+        if box is not None:
+            logits = self.segment_boxes(embeddings, box.reshape(1, 4)).logits.clone()
+        elif class_index is not None:
+            logits = self.segment_classes(embeddings, torch.tensor([class_index])).logits.clone()
+        else:
+            logits = torch.where(embeddings[:, :1] > 0.2, 10.0, -10.0)
+        for (x, y), label in zip(points.tolist(), point_labels.tolist(), strict=True):
+            if label == 0:
+                logits[..., max(int(y) - 2, 0):int(y) + 3, max(int(x) - 2, 0):int(x) + 3] = -10.0
+        presence = None
+        if class_index is not None:
+            band = self.segment_classes(embeddings, torch.tensor([class_index])).presence_logits[:, 0]
+            presence = band
+        return PromptOutput(logits, presence)
 
 
 def phantom(shape_kji: tuple[int, int, int] = (12, 40, 48), spacing: tuple[float, float, float] = (1.5, 1.2, 3.0),

@@ -1,4 +1,5 @@
-"""The `automedsam` command line: `segment`, `classes`, `models list|verify|download`, `export-training`, `demo`.
+"""The `automedsam` command line: `segment`, `refine`, `classes`, `models list|verify|download`, `export-training`,
+`demo`.
 
 Exit codes: 0 success, 2 user error (one `error: ...` line, no traceback), 1 internal error, 130 interrupted.
 """
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "verify", "download"])
     models.add_argument("model_id", nargs="?", default=None, help="model id (download/verify; default: all/default)")
     _add_export_training_parser(commands)
+    from .refine_command import add_refine_parser
+
+    add_refine_parser(commands)
     demo = commands.add_parser("demo", help="segment the bundled sample CT; writes .seg.nrrd and an overlay PNG")
     demo.add_argument("-o", "--output", type=Path, default=Path("automedsam-demo"), help="output folder")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -120,7 +124,7 @@ def run_command(args: argparse.Namespace, handler: Callable[[argparse.Namespace]
     return 0
 
 
-VALUE_OPTIONS_WITH_NEGATIVE_NUMBERS = ("--box",)
+VALUE_OPTIONS_WITH_NEGATIVE_NUMBERS = ("--box", "--point")
 
 
 def attach_negative_values(argv: Sequence[str], options: Sequence[str] = VALUE_OPTIONS_WITH_NEGATIVE_NUMBERS
@@ -155,9 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `automedsam` console script."""
     args = build_parser().parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     from . import commands
+    from .refine_command import run_refine
 
     handlers = {"segment": commands.run_segment, "classes": commands.run_classes, "models": commands.run_models,
-                "export-training": commands.run_export_training, "demo": commands.run_demo}
+                "export-training": commands.run_export_training, "demo": commands.run_demo, "refine": run_refine}
     return run_command(args, handlers[args.command], "interrupted; nothing was written")
 
 

@@ -54,6 +54,13 @@ class ClassOutput(NamedTuple):
     probability_std: torch.Tensor | None    # (B, C, 256, 256) std of sigmoid(logits) over noise samples, or None
 
 
+class PromptOutput(NamedTuple):
+    """Refinement result for one slice (`AutoMedSAM.segment_prompts`)."""
+
+    logits: torch.Tensor                    # (1, 1, 256, 256) mask logits at model-input resolution
+    presence_logits: torch.Tensor | None    # (1,) > 0: the class is on the slice; None without a class prompt
+
+
 class ClassPairs(NamedTuple):
     """The (slice, class) pairs of one class-prompt call that are decoded, with their prompts (`class_pairs`)."""
 
@@ -234,6 +241,28 @@ class AutoMedSAM(LiteMedSAM):
         logits = self.decode_pairs(images, pairs.sparse, pairs.dense)
         noise = (self.decode_pairs(images, *prompts) for prompts in self.noise_prompts(pairs, noise_samples))
         return self.class_output(pairs, logits, noise, noise_samples)
+
+    def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
+                        point_labels: torch.Tensor, box: torch.Tensor | None) -> PromptOutput:
+        """One slice's refinement: its embedding (1, 256, 64, 64), the class prompt of `class_index` (None: SAM's
+        no-mask prompt alone) plus SAM's tokens of `points` (P, 2) x, y in model-input pixels with `point_labels`
+        (P,) 1 inside / 0 outside, and of an optional `box` (4,) x0, y0, x1, y1 -> `PromptOutput`.
+
+        The class prompt's dense embedding is kept and the user's tokens are appended to its sparse tokens, except
+        that a box replaces the class's two sparse tokens: those were distilled to stand for a box of the class,
+        and two boxes would contradict each other where the user corrects the class's.
+        """
+        user_points = (points[None].float(), point_labels[None].float()) if points.shape[0] else None
+        user_box = None if box is None else box.reshape(1, 4).float()
+        user_sparse, dense = self.prompt_encoder(points=user_points, boxes=user_box, masks=None)
+        presence = None
+        sparse = user_sparse
+        if class_index is not None:
+            pairs = self.class_pairs(embeddings, torch.tensor([class_index], device=embeddings.device))
+            presence, dense = pairs.presence_logits[:, 0], pairs.dense
+            sparse = user_sparse if user_box is not None else torch.cat([pairs.sparse, user_sparse], dim=1)
+        logits, _ = self.decode(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
+        return PromptOutput(logits, presence)
 
     def train(self, mode: bool = True) -> AutoMedSAM:
         """Set training mode, except for the image encoder: it is frozen and its BatchNorm must keep eval statistics."""
