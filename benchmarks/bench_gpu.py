@@ -94,7 +94,7 @@ def whole_ct(model: torch.nn.Module, slices: int, classes: int) -> dict[str, flo
     return {"seconds": seconds, "peak_gb": torch.cuda.max_memory_allocated() / 1024**3, "found": found}
 
 
-def capped_run(model: torch.nn.Module, headroom_gb: float, batch_size: int, slices: int = 8) -> dict[str, object]:
+def capped_run(model: torch.nn.Module, headroom_gb: float, batch_size: int, slices: int) -> dict[str, object]:
     """Segment `slices` slices with the GPU capped at what is reserved now + `headroom_gb`
     (`torch.cuda.set_per_process_memory_fraction`): the engine's warnings and the labels' Dice vs an uncapped run."""
     from bench_engine import central_slices, generated_ct
@@ -102,7 +102,7 @@ def capped_run(model: torch.nn.Module, headroom_gb: float, batch_size: int, slic
     from automedsam.engine import EngineOptions, segment
     from automedsam.metrics import dice
 
-    volume = central_slices(generated_ct(24), slices)
+    volume = central_slices(generated_ct(max(slices, 8)), slices)
     reference = segment(volume, CLASSES_8[:2], model, EngineOptions(device="cuda", batch_size=1)).labels
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
@@ -120,7 +120,7 @@ def capped_run(model: torch.nn.Module, headroom_gb: float, batch_size: int, slic
 def oom_fallback(model: torch.nn.Module) -> list[tuple[str, dict[str, object]]]:
     """Both steps of the fallback: a cap that a batch of 64 exceeds (halving), then one that even one slice exceeds
     (continuing on the CPU; run last, as it leaves the model on the CPU)."""
-    return [("cap + 2 GB, batch 64 (expect: smaller batch)", capped_run(model, 2.0, 64)),
+    return [("cap + 1 GB, 32 slices, batch 64 (expect: smaller batch)", capped_run(model, 1.0, 64, slices=32)),
             ("cap + 16 MB, batch 2 (expect: CPU)", capped_run(model, 1 / 64, 2, slices=4))]
 
 
