@@ -84,7 +84,11 @@ def load_weights_file(path: Path, what: str) -> Any:
         raise ModelError(f"{what} {path} is truncated or corrupt ({_first_line(error)}); download or save it "
                          "again") from error
     except OSError as error:
-        raise ModelError(f"{what} {path} cannot be read ({error.strerror or error}); check its permissions") from error
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise ModelError(f"{what} {path} cannot be read ({error.strerror}); check its permissions") from error
+        # torch's zip reader reports some cut-off archives as EINVAL: the file opened, its content is broken
+        raise ModelError(f"{what} {path} is truncated or corrupt ({error.strerror or error}); download or save it "
+                         "again") from error
 
 
 def _check_weights_container(path: Path, what: str) -> None:
