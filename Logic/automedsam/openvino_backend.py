@@ -102,17 +102,26 @@ class OpenVINOEncoder(OpenVINOModel):
         return self.run(images)
 
 
-class OpenVINODecoder(OpenVINOModel):
-    """The SAM mask decoder compiled by OpenVINO for one pair at a time (a static shape: 1.3-1.8x faster than the
-    dynamic-batch graph, and batching pairs gave nothing on the CPU); called like `PairDecoder`."""
+class OpenVINODecoder:
+    """The SAM mask decoder compiled by OpenVINO with static shapes (1.3-1.8x faster than the dynamic-batch graph):
+    the pairs go through in chunks of `PAIR_CHUNK` (one call each; a slice's classes decode ~1.2-1.4x faster than
+    pair by pair, same logits), the rest one at a time. Called like `PairDecoder`."""
+
+    def __init__(self, single: OpenVINOModel, chunked: OpenVINOModel, chunk: int) -> None:
+        self.single, self.chunked, self.chunk = single, chunked, chunk
 
     def __call__(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(N, 256, 64, 64), (N, 2, 256), (N, 256, 64, 64) -> (N, 1, 256, 256) mask logits on the input's device."""
         if not embeddings.shape[0] == sparse.shape[0] == dense.shape[0]:
             raise InputError(f"one prompt per image embedding is needed, got {embeddings.shape[0]} embeddings, "
                              f"{sparse.shape[0]} sparse and {dense.shape[0]} dense prompts")
-        pairs = [self.run(embeddings[i:i + 1], sparse[i:i + 1], dense[i:i + 1]) for i in range(embeddings.shape[0])]
-        return torch.cat(pairs).to(embeddings.device)
+        n, k = embeddings.shape[0], self.chunk
+        whole = n - n % k
+        parts = [self.chunked.run(embeddings[i:i + k], sparse[i:i + k], dense[i:i + k]) for i in range(0, whole, k)]
+        parts += [self.single.run(embeddings[i:i + 1], sparse[i:i + 1], dense[i:i + 1]) for i in range(whole, n)]
+        if not parts:
+            return embeddings.new_zeros((0, 1, 4 * embeddings.shape[-2], 4 * embeddings.shape[-1]))
+        return torch.cat(parts).to(embeddings.device)
 
 
 class PairDecoder(nn.Module):
@@ -134,6 +143,10 @@ class PairDecoder(nn.Module):
 _COMPILED: dict[tuple[str, str, int, int | None], OpenVINOModel] = {}
 _COMPILED_LOCK = threading.Lock()
 _PAIR_DECODERS: weakref.WeakKeyDictionary[Any, PairDecoder] = weakref.WeakKeyDictionary()
+_DECODERS: dict[tuple[int, int], OpenVINODecoder] = {}
+# Pairs per call of the batched decoder graph: 4 decoded 8 pairs 1.4x faster than one at a time on 2 cores, 8 and 2
+# less so (docs/benchmarks.md); a static shape per size, so the rest of a batch goes one pair at a time.
+PAIR_CHUNK = 4
 # Part of every converted model's name: bump it when a module's code changes in a way that changes its graph
 # (2: TinyViT window attention as one scaled_dot_product_attention op).
 EXPORT_REVISION = 2
@@ -150,15 +163,20 @@ def openvino_encoder(encoder: nn.Module, image_size: int, precision: str,
 
 def openvino_decoder(model: Any, precision: str = "fp32", cache_root: Path | None = None,
                      threads: int | None = None) -> OpenVINODecoder:
-    """LiteMedSAM's mask decoder (`PairDecoder`) compiled by OpenVINO, cached like the encoder."""
+    """LiteMedSAM's mask decoder (`PairDecoder`) compiled by OpenVINO for 1 and `PAIR_CHUNK` pairs (one IR on disk,
+    cached like the encoder; compiled once per process)."""
     grid = model.prompt_encoder.image_embedding_size
     examples = (torch.rand(2, 256, *grid), torch.rand(2, 2, 256), torch.rand(2, 256, *grid))
     module = _PAIR_DECODERS.get(model)
     if module is None:  # one per model, so its weight hash is remembered (the positional encoding is a new tensor)
         module = _PAIR_DECODERS[model] = PairDecoder(model)
-    compiled = _compiled("sam-decoder", module, examples, precision, cache_root, threads, OpenVINODecoder,
-                         static_batch=1)
-    return compiled  # type: ignore[return-value]
+    single, chunked = (_compiled("sam-decoder", module, examples, precision, cache_root, threads, OpenVINOModel,
+                                 static_batch=size) for size in (1, PAIR_CHUNK))
+    with _COMPILED_LOCK:
+        key = (id(single), id(chunked))  # both live in _COMPILED for the whole process
+        if key not in _DECODERS:
+            _DECODERS[key] = OpenVINODecoder(single, chunked, PAIR_CHUNK)
+        return _DECODERS[key]
 
 
 def _compiled(name: str, module: nn.Module, examples: tuple[torch.Tensor, ...], precision: str,

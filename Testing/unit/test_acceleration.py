@@ -180,6 +180,23 @@ def test_openvino_decoder_matches_the_pytorch_decoder_for_any_number_of_pairs(tm
         decoder(embeddings, sparse[:2], dense)
 
 
+def test_openvino_decoder_in_chunks_gives_the_logits_of_one_pair_at_a_time(tmp_path):
+    pytest.importorskip("openvino")
+    from automedsam.model import build_lite_medsam
+
+    torch.manual_seed(0)
+    model = build_lite_medsam().eval()
+    n = openvino_backend.PAIR_CHUNK * 2 + 1  # two chunks and one pair alone
+    embeddings, sparse, dense = torch.randn(n, 256, 64, 64), torch.randn(n, 2, 256), torch.randn(n, 256, 64, 64)
+    with torch.inference_mode():
+        decoder = openvino_backend.openvino_decoder(model, "fp32", cache_root=tmp_path)
+        together = decoder(embeddings, sparse, dense)
+        alone = torch.cat([decoder(embeddings[i:i + 1], sparse[i:i + 1], dense[i:i + 1]) for i in range(n)])
+        assert decoder(embeddings[:0], sparse[:0], dense[:0]).shape == (0, 1, 256, 256)
+    assert together.shape == (n, 1, 256, 256)
+    assert torch.allclose(together, alone, atol=1e-5 * float(alone.abs().max()))
+
+
 def test_the_decoder_follows_the_encoder_plan(monkeypatch):
     from automedsam.model import build_lite_medsam
 
