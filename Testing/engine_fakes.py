@@ -8,12 +8,16 @@ fake model can recognise classes by intensity after the engine's real preprocess
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from automedsam.volume import Volume
+
+if TYPE_CHECKING:
+    from automedsam.model import AutoMedSAM, ClassPromptConfig
 
 # Normalised levels after the default CT window (level 40, width 400) and per-slice min-max.
 LEVELS = {"liver": (100 + 160) / 400, "spleen": (200 + 160) / 400}
@@ -155,3 +159,28 @@ def back_to_reference(labels: np.ndarray, perm: tuple[int, int, int], flips: tup
         if flip:
             labels = np.flip(labels, axis)
     return np.transpose(labels, np.argsort(perm))
+
+
+LIGHT_CLASSES = ("liver", "spleen", "aorta")
+
+
+def light_prompt_config() -> ClassPromptConfig:
+    """A small class prompt encoder configuration (the real design, narrow layers)."""
+    from automedsam.model import ClassPromptConfig
+
+    return ClassPromptConfig(trunk_channels=32, trunk_mid_channels=32, head_channels=16, token_dim=32, class_dim=16)
+
+
+def light_automedsam(classes: tuple[str, ...] = LIGHT_CLASSES) -> AutoMedSAM:
+    """The real AutoMedSAM (randomly initialised LiteMedSAM) with a small class prompt encoder: fast model tests."""
+    from automedsam.model import AutoMedSAM, build_lite_medsam
+
+    torch.manual_seed(0)
+    model = AutoMedSAM.from_lite_medsam(build_lite_medsam(), base_sha256="ab" * 32)
+    model.attach_new_class_prompt_encoder(classes, light_prompt_config())
+    return model.eval()
+
+
+def random_embeddings(slices: int = 2) -> torch.Tensor:
+    """Seeded stand-ins for image embeddings, (slices, 256, 64, 64)."""
+    return torch.randn(slices, 256, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_fakes import LIGHT_CLASSES, light_automedsam, light_prompt_config, random_embeddings
 
 from automedsam.errors import ModelError
-from automedsam.model import DEFAULT_PREPROCESSING, AutoMedSAM, ClassPromptConfig, build_lite_medsam
+from automedsam.model import DEFAULT_PREPROCESSING, AutoMedSAM, build_lite_medsam
 from automedsam.model.class_prompt import ClassPromptEncoder
 
-CLASSES = ("liver", "spleen", "aorta")
-LIGHT = ClassPromptConfig(trunk_channels=32, trunk_mid_channels=32, head_channels=16, token_dim=32, class_dim=16)
+CLASSES = LIGHT_CLASSES
+LIGHT = light_prompt_config()
 
 
 @pytest.fixture(scope="module")
 def model() -> AutoMedSAM:
-    torch.manual_seed(0)
-    model = AutoMedSAM.from_lite_medsam(build_lite_medsam(), base_sha256="ab" * 32)
-    model.attach_new_class_prompt_encoder(CLASSES, LIGHT)
-    return model.eval()
+    return light_automedsam(CLASSES)
 
 
 @pytest.fixture(scope="module")
 def embeddings() -> torch.Tensor:
-    return torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    return random_embeddings()
 
 
 def test_attributes_the_engine_reads(model: AutoMedSAM) -> None:
