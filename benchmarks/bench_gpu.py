@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ImportError:   # a bare Python: say so in one line, like every other missing piece
+    print("bench_gpu: cannot run here; missing: torch (run it with the project's venv: .venv/bin/python)",
+          file=sys.stderr)
+    raise SystemExit(2) from None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -5,7 +5,7 @@
 # peak GPU memory and the out-of-memory fallback under a forced cap. Exits 2 with one line when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=.venv/bin/python
+PYTHON=${PYTHON:-.venv/bin/python}   # PYTHON=... picks another interpreter
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3 || true)
 if [ -z "$PYTHON" ]; then
     echo "gpu.sh: no Python found (.venv/bin/python or python3)" >&2

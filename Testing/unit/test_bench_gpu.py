@@ -4,6 +4,7 @@ one line (exit 2) instead of a traceback. Its GPU part runs only on a GPU machin
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_a_machine_without_a_gpu_or_a_package_is_told_what_is_missing(bench_gpu,
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the script would run")
 def test_without_a_gpu_the_script_refuses_in_one_line():
-    run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), "--check"], capture_output=True, text=True, timeout=120)
+    environment = {**os.environ, "PYTHON": sys.executable}   # the interpreter running the tests, venv or not
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), "--check"], capture_output=True, text=True, timeout=120,
+                         env=environment)
     assert run.returncode == 2
     assert run.stderr.strip().startswith("bench_gpu: cannot run here; missing: a CUDA GPU")
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
