@@ -25,6 +25,7 @@ import torch
 
 from .engine import Box2D, EmbeddingCache, EngineOptions, RasBox, resolve_device
 from .errors import InputError
+from .metrics import dice
 from .preprocess import (
     PreprocessConfig,
     ResizeInfo,
@@ -275,7 +276,7 @@ def _stop_reason(mask: np.ndarray, presence: float | None, previous: np.ndarray,
         return f"mask area {area} px < {rule.min_area_fraction} x the previous slice's {before} px"
     if area > before and before < rule.narrowed * peak:
         return f"the mask grows again ({before} -> {area} px) after narrowing from {peak} px: the organ has ended"
-    agreement = 2.0 * np.count_nonzero(mask & existing) / (area + np.count_nonzero(existing))
+    agreement = dice(mask, existing)
     if agreement >= rule.agree:
         return f"the slice's segmentation already agrees (Dice {agreement:.2f})"
     return None

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
+from .metrics import dice
 from .result import LabelVolume
 from .volume import canonical_view
 
@@ -73,8 +74,7 @@ def _inconsistency(masks: np.ndarray, index: int) -> float:
     mask, dices = masks[index], []
     for other in (index - 1, index + 1):
         if 0 <= other < len(masks):
-            neighbour = masks[other]
-            dices.append(2.0 * np.count_nonzero(mask & neighbour) / (mask.sum() + neighbour.sum()))
+            dices.append(dice(mask, masks[other]))
     return 1.0 - float(np.mean(dices)) if dices else 0.0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from automedsam.engine import EmbeddingCache, EngineOptions, segment
+from automedsam.metrics import dice
 from automedsam.model import AutoMedSAM
 from automedsam.review import slice_scores
 from automedsam.volume import canonical_view
@@ -51,14 +52,12 @@ def review_rows(model: AutoMedSAM, labelled: LabelledVolume, classes: Sequence[s
     options = EngineOptions(device=device, cache=cache or EmbeddingCache(), uncertainty_samples=UNCERTAINTY_SAMPLES)
     result = segment(labelled.volume, keys, model, options)
     axis = canonical_view(labelled.volume).permutation[0]
+    masks = {key: (result.mask(key), labelled.class_mask(key)) for key in keys}   # once per class, not per slice
     rows = []
     for score in slice_scores(result):
-        predicted = np.take(result.mask(score.key), score.index, axis=axis)
-        reference = np.take(labelled.class_mask(score.key), score.index, axis=axis)
-        overlap = 2.0 * float(np.count_nonzero(predicted & reference))
-        dice = overlap / float(np.count_nonzero(predicted) + np.count_nonzero(reference))
+        predicted, reference = (np.take(mask, score.index, axis=axis) for mask in masks[score.key])
         rows.append(ReviewRow(labelled.case.id, labelled.case.patient_id, score.key, score.index,
-                              round(score.score, 5), round(1.0 - dice, 5)))
+                              round(score.score, 5), round(1.0 - dice(predicted, reference), 5)))
     return rows
 
 
