@@ -14,7 +14,12 @@ from typing import Annotated
 
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, FloatRange, parameterNodeWrapper
@@ -55,7 +60,13 @@ from automedsam.slicer.class_picker import (  # noqa: E402
 )
 from automedsam.slicer.install import MINIMUM_PYTHON, DependencyInstaller, ensure_ready  # noqa: E402
 from automedsam.slicer.model_choice import ModelChoice  # noqa: E402
-from automedsam.slicer.request import SegmentationRequest, axial_extent, request_problems, volume_problem  # noqa: E402
+from automedsam.slicer.request import (  # noqa: E402
+    SegmentationRequest,
+    axial_extent,
+    refinable_classes,
+    request_problems,
+    volume_problem,
+)
 
 SAMPLE_CATEGORY = "AutoMedSAM"
 SAMPLE_NAME = "AutoMedSAMAbdomenCT"
@@ -155,6 +166,8 @@ class AutoMedSAMSlicerParameterNode:
     outputSegmentation - where the segments go; none: a new segmentation next to the input volume.
     exportFormat - format written by Export.
     trainingDataset - folder that "Save as training case" adds cases to (nnU-Net layout).
+    positivePoints, negativePoints, refineBox - refinement prompts: clicks inside / outside the organ, a box.
+    propagate - carry a refinement to the neighbouring slices.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -170,6 +183,10 @@ class AutoMedSAMSlicerParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     exportFormat: ExportFormat = ExportFormat.SEG_NRRD
     trainingDataset: Path
+    positivePoints: vtkMRMLMarkupsFiducialNode
+    negativePoints: vtkMRMLMarkupsFiducialNode
+    refineBox: vtkMRMLMarkupsROINode
+    propagate: bool = True
 
 
 class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -205,6 +222,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._classTree = lib.ClassTree(self.ui.classTreeWidget)
         self._reviewTable = lib.ReviewTable(self.ui.reviewTable)
         self._modelInfo = lib.ModelInfo(self.ui.modelInfoLabel, self.logic.catalog)
+        self._refinePanel = lib.RefinePanel(self.ui, self.logic, lambda: self._parameterNode)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.classSearchBox.connect("textChanged(QString)", self._fillClassTree)
@@ -228,9 +246,13 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
+        if self.logic is not None:
+            self._refinePanel.installShortcuts()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
+        if self.logic is not None:
+            self._refinePanel.removeShortcuts()
         if self._parameterNode and not self._running:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -296,6 +318,8 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.enabled = output is not None
         dataset = str(self._parameterNode.trainingDataset)
         self.ui.saveTrainingCaseButton.enabled = output is not None and dataset not in ("", ".")
+        self._refinePanel.update(refinable_classes(output, self.logic.modelClasses(self._parameterNode),
+                                                   self.logic.catalog))
 
     # --------------------------------------------------------------------------------------------- classes
     def _fillClassTree(self, *unused) -> None:
@@ -395,7 +419,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         for widget in (self.ui.inputsCollapsibleButton, self.ui.classesCollapsibleButton,
                        self.ui.outputsCollapsibleButton, self.ui.advancedCollapsibleButton,
-                       self.ui.reviewCollapsibleButton):
+                       self.ui.reviewCollapsibleButton, self.ui.refineCollapsibleButton):
             widget.enabled = not running
         if not running:
             self._checkCanApply()
@@ -446,6 +470,7 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         self.registry = _REGISTRY
         self.catalog = default_catalog()
         self._segmentationLogic = None
+        self._refiner = None
         self.models = ModelChoice(self.registry)
 
     def getParameterNode(self):
@@ -498,6 +523,41 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         """Segment `classes` (keys or names) of `volumeNode` without the GUI; returns the run's outcome."""
         request = SegmentationRequest(volumeNode, tuple(classes), model, outputSegmentation, device)
         return self.segmentationLogic().run(request, progress, cancel)
+
+    def refiner(self):
+        """`automedsam.slicer.refinement.SceneRefiner`, sharing the segmentation logic's model and embeddings."""
+        if self._refiner is None:
+            from automedsam.slicer.refinement import SceneRefiner
+
+            self._refiner = SceneRefiner(self.segmentationLogic(), lib.saveEditorUndoState)
+        return self._refiner
+
+    def refinementRequest(self, parameters, classKey: str):
+        """The refinement of `classKey` that the parameter node's prompts describe."""
+        from automedsam.slicer.refinement import RefinementRequest
+
+        return RefinementRequest(parameters.inputVolume, parameters.outputSegmentation, classKey,
+                                 parameters.positivePoints, parameters.negativePoints, parameters.refineBox,
+                                 parameters.propagate, self.modelSummary(parameters).spec, parameters.device.value)
+
+    def refinementProblem(self, parameters, classKey: str):
+        """Why Refine cannot run now, or None."""
+        if parameters.outputSegmentation is None or not classKey:
+            return _("Segment the volume first (Apply), or select an output segmentation.")
+        try:
+            return self.refiner().problem(self.refinementRequest(parameters, classKey))
+        except ImportError:
+            return _("Press Apply once first: it installs the Python packages AutoMedSAM needs.")
+
+    def canUndoRefinement(self, parameters) -> bool:
+        return self._refiner is not None and self._refiner.can_undo(parameters.outputSegmentation)
+
+    def refine(self, parameters, classKey: str):
+        """Correct `classKey` with the prompts; returns `automedsam.slicer.refinement.RefinementOutcome`."""
+        return self.refiner().refine(self.refinementRequest(parameters, classKey))
+
+    def undoRefinement(self, parameters) -> str:
+        return self.refiner().undo(parameters.outputSegmentation, parameters.inputVolume)
 
     def saveTrainingCase(self, parameters):
         """Add the input volume and the output segmentation (user edits included) to the training dataset; the

@@ -5,7 +5,8 @@ from .ClassTree import ClassTree
 from .ExportDialog import askExportPath
 from .InstallHost import SlicerInstallHost, dicomFiles, dicomPatient
 from .ModelInfo import ModelInfo, describeModel
+from .RefinePanel import RefinePanel, saveEditorUndoState
 from .ReviewTable import ReviewTable, openSegmentEditor
 
-__all__ = ["ClassTree", "ModelInfo", "ReviewTable", "SlicerInstallHost", "askExportPath", "describeModel", "dicomFiles",
-           "dicomPatient", "openSegmentEditor"]
+__all__ = ["ClassTree", "ModelInfo", "RefinePanel", "ReviewTable", "SlicerInstallHost", "askExportPath",
+           "describeModel", "dicomFiles", "dicomPatient", "openSegmentEditor", "saveEditorUndoState"]

@@ -17,7 +17,7 @@ which claims background voxels and the class's own, never another segment's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,8 +103,11 @@ class RefinedLabels:
     stops: dict[str, str] = field(default_factory=dict)
 
 
-def locate(view: CanonicalView, refinement: Refinement) -> SlicePrompts:
-    """The refinement's canonical slice and pixels; `InputError` for prompts outside the volume or on several slices."""
+def locate(view: CanonicalView, refinement: Refinement, thick_box: bool = False) -> SlicePrompts:
+    """The refinement's canonical slice and pixels; `InputError` for prompts outside the volume or on several slices.
+
+    A box must lie on one slice, unless `thick_box` (a markups ROI drawn in a slice view has a depth): the box is then
+    taken on the slice of the points, or without points on the slice through its middle."""
     points = tuple(_canonical_point(view, point) for point in refinement.points)
     slices = sorted({s for s, _, _, _ in points})
     if len(slices) > 1:
@@ -117,10 +120,10 @@ def locate(view: CanonicalView, refinement: Refinement) -> SlicePrompts:
         if slices and not s0 <= slices[0] <= s1:
             raise InputError(f"the box ({_slice_list(view, [s0, s1])}) and the points "
                              f"({_slice_list(view, slices)}) are on different slices; a refinement corrects one slice")
-        if not slices and s0 != s1:
+        if not slices and s0 != s1 and not thick_box:
             raise InputError(f"the box spans {s1 - s0 + 1} slices ({_slice_list(view, [s0, s1])}); a refinement "
                              "corrects one slice: give both corners the S of that slice")
-        slices = slices or [s0]
+        slices = slices or [(s0 + s1) // 2]
     if not slices:
         raise InputError("no refinement prompt given: add --point R,A,S[,+|-] and/or --box R0,A0,S0,R1,A1,S1")
     return SlicePrompts(slices[0], tuple((r, c, positive) for _, r, c, positive in points), box)
@@ -197,17 +200,30 @@ class SliceDecoder:
         return probability > self.options.threshold, presence
 
 
+@dataclass(frozen=True)
+class RefineOptions:
+    """How far a refinement reaches: `propagate` to the neighbouring slices by `rule`, never into the canonical
+    slices of `protected` (edited by hand since the last run: propagation stops before them); `thick_box` as for
+    `locate`."""
+
+    propagate: bool = False
+    rule: PropagationRule = field(default_factory=PropagationRule)
+    protected: Collection[int] = ()
+    thick_box: bool = False
+
+
 def refine(volume: Volume, labels_kji: np.ndarray, label_value: int, refinement: Refinement, model: object,
-           class_index: int | None, options: EngineOptions | None = None, propagate: bool = False,
-           rule: PropagationRule | None = None) -> RefinedLabels:
+           class_index: int | None, options: EngineOptions | None = None,
+           reach: RefineOptions | None = None) -> RefinedLabels:
     """Refine the segment `label_value` of `labels_kji` (on `volume`'s grid) on the refinement's slice, and with
-    `propagate` on its neighbours until the organ ends; `class_index` is the model's class of the segment (None: the
-    user's prompts alone). `InputError` for prompts outside the volume, on several slices, or on a slice without
-    the class when no positive point or box says where it is."""
+    `reach.propagate` on its neighbours until the organ ends (see `RefineOptions`); `class_index` is the model's class
+    of the segment (None: the user's prompts alone). `InputError` for prompts outside the volume, on several slices,
+    or on a slice without the class when no positive point or box says where it is."""
     if np.shape(labels_kji) != volume.array.shape:
         raise InputError(f"the label map's grid {np.shape(labels_kji)} differs from the image's {volume.array.shape}")
+    reach = reach or RefineOptions()
     view = canonical_view(volume)
-    prompts = locate(view, refinement)
+    prompts = locate(view, refinement, reach.thick_box)
     _check_prompts_find_class(view, labels_kji, label_value, prompts)
     decoder = SliceDecoder(volume, model, options)
     labels = np.array(labels_kji, copy=True)
@@ -215,10 +231,9 @@ def refine(volume: Volume, labels_kji: np.ndarray, label_value: int, refinement:
     mask, _ = decoder.decode(prompts.slice_index, class_index, prompts)
     _replace_slice(canonical, prompts.slice_index, label_value, mask)
     result = RefinedLabels(labels, [prompts.slice_index])
-    if propagate:
+    if reach.propagate:
         for step, name in ((1, "superior"), (-1, "inferior")):
-            slices, stop = _propagate(decoder, canonical, label_value, class_index, prompts.slice_index, step,
-                                      rule or PropagationRule())
+            slices, stop = _propagate(decoder, canonical, label_value, class_index, prompts.slice_index, step, reach)
             result.slices += slices
             result.stops[name] = stop
     result.slices.sort()
@@ -245,12 +260,16 @@ def _replace_slice(canonical: np.ndarray, slice_index: int, label_value: int, ma
 
 
 def _propagate(decoder: SliceDecoder, canonical: np.ndarray, label_value: int, class_index: int | None,
-               start: int, step: int, rule: PropagationRule) -> tuple[list[int], str]:
+               start: int, step: int, reach: RefineOptions) -> tuple[list[int], str]:
     """Carry the mask of slice `start` slice by slice in direction `step`; the slices changed and why it stopped."""
+    rule = reach.rule
     previous = canonical[start] == label_value
     peak = int(previous.sum())
     slices: list[int] = []
     for index in range(start + step, canonical.shape[0] if step > 0 else -1, step):
+        if index in reach.protected:
+            return slices, (f"the slice at {_slice_list(decoder.view, [index])} was edited by hand since the last run "
+                            "and was left as it is")
         box = _widened_box(previous, rule)
         if box is None:
             return slices, "the previous slice's mask is empty"

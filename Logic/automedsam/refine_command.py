@@ -143,7 +143,7 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
                       refinement: object) -> None:
     from .engine import EngineOptions, resolve_device
     from .loading import load_model
-    from .refine import refine
+    from .refine import RefineOptions, refine
 
     resolve_device(args.device)
     model = load_model(args.model, download=args.download)
@@ -151,7 +151,7 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
     if class_index is None:
         _warn(f"the model has no class prompt for {key!r}; refining with the points and box alone")
     result = refine(volume, segmentation.labels, label_value, refinement, model, class_index,  # type: ignore[arg-type]
-                    EngineOptions(device=args.device, warn=_warn), propagate=args.propagate)
+                    EngineOptions(device=args.device, warn=_warn), RefineOptions(args.propagate))
     written = segmentation.write(result.labels, args.output)  # type: ignore[attr-defined]
     _say(f"wrote {written}: {key} refined on {len(result.slices)} slice(s)")
     for direction, reason in result.stops.items():

@@ -13,7 +13,7 @@ from automedsam.io import read_volume
 from automedsam.loading import load_model
 from automedsam.metrics import dice
 from automedsam.preprocess import mask_box
-from automedsam.refine import Refinement, refine
+from automedsam.refine import Refinement, RefineOptions, refine
 from automedsam.volume import canonical_view
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.realdata]
@@ -39,7 +39,7 @@ def test_a_box_restores_the_slice_and_propagation_stops_where_the_kidney_ends(sa
     model = load_model(None)
     options = EngineOptions(device="cpu", encoder_backend="torch", precision="fp32", cache=EmbeddingCache())
     result = refine(volume, labels, kidney.label_value, Refinement("kidney_left", box=box), model,
-                    model.class_index("kidney_left"), options, propagate=True)
+                    model.class_index("kidney_left"), options, RefineOptions(propagate=True))
     before, after = labels == kidney.label_value, result.labels == kidney.label_value
     scores = {s + FIRST: (round(dice(before[s], truth[s]), 3), round(dice(after[s], truth[s]), 3))
               for s in range(truth.shape[0])}

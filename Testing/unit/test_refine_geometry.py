@@ -8,7 +8,7 @@ from engine_fakes import FakeModel, back_to_reference, phantom, reorient
 
 from automedsam.engine import EngineOptions, RasBox
 from automedsam.errors import InputError
-from automedsam.refine import RasPoint, Refinement, locate, refine
+from automedsam.refine import RasPoint, Refinement, RefineOptions, locate, refine
 from automedsam.volume import canonical_view
 
 LIVER_RAS = (31.0, -3.2 + 6 * 1.2, 30.0 + 5 * 3.0)   # i 14, j 20, k 5 of the (12, 40, 48) phantom
@@ -51,3 +51,35 @@ def test_a_voxel_edge_is_inside_and_beyond_it_is_not():
     assert locate(view, Refinement("liver", (RasPoint(edge),))).points
     with pytest.raises(InputError, match="outside the volume"):
         locate(view, Refinement("liver", (RasPoint((10.0 - 0.75 - 1e-3, 0.0, 45.0)),)))
+
+
+def test_a_thick_box_is_taken_on_its_middle_slice_and_a_thin_one_is_required_otherwise():
+    """A markups ROI drawn in a slice view has a depth: the module passes `thick_box`; the CLI asks for one slice."""
+    view = canonical_view(phantom())
+    thick = Refinement("liver", box=RasBox((20, -10, 36), (40, 4, 48)))       # S 36..48 mm: slices k 2..6
+    assert locate(view, thick, thick_box=True).slice_index == 4
+    with pytest.raises(InputError, match="spans 5 slices"):
+        locate(view, thick)
+    with_point = Refinement("liver", (RasPoint(LIVER_RAS),), thick.box)
+    assert locate(view, with_point, thick_box=True).slice_index == 5
+
+
+def test_propagation_stops_before_a_slice_edited_by_hand():
+    """The liver is missing on k 3..6; refined on k 5 and carried, propagation goes up and stops going down at k 4,
+    which the user edited by hand (protected): k 4 and everything below keep the user's voxels."""
+    volume = phantom()
+    model = FakeModel()
+    liver = (volume.array == 100).astype(np.uint8)
+    labels = liver.copy()
+    labels[3:7] = 0
+    labels[4, 10:12, 10:12] = 1              # the user's own stroke on k 4
+    refinement = Refinement("liver", (RasPoint(LIVER_RAS),))
+    result = refine(volume, labels, 1, refinement, model, model.class_index("liver"), EngineOptions(device="cpu"),
+                    RefineOptions(propagate=True, protected={4}))
+    assert min(result.slices) == 5 and 6 in result.slices
+    assert "edited by hand" in result.stops["inferior"] and "S = 42.0 mm" in result.stops["inferior"]
+    assert np.array_equal(result.labels[:5], labels[:5])
+    assert np.array_equal(result.labels[5] == 1, liver[5] == 1)
+    unprotected = refine(volume, labels, 1, refinement, model, model.class_index("liver"),
+                         EngineOptions(device="cpu"), RefineOptions(propagate=True))
+    assert 4 in unprotected.slices and 3 in unprotected.slices

@@ -152,6 +152,32 @@ def _segment_ids_for(segments: tuple[Segment, ...], existing: dict[str, str], se
     return ids
 
 
+def replace_segment_mask(segmentation_node, segment_id: str, mask_kji: np.ndarray, reference_volume_node) -> None:
+    """The segment's voxels become `mask_kji` (KJI, on the reference volume's grid); all other segments stay as they
+    are. A new `segment` spec (name, colour, terminology, tags) is applied by the caller."""
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' has no segment with ID {segment_id!r}")
+    register_segmentation_converters()
+    _import_labels(np.asarray(mask_kji, dtype=bool).astype(np.uint8), [segment_id], segmentation_node,
+                   reference_volume_node)
+
+
+def add_segment(segmentation_node, spec: Segment) -> str:
+    """A new, empty segment of a class (named, coloured and tagged like a run's), with an unused ID; its ID."""
+    segment_id = _segment_ids_for((spec,), {}, segmentation_node)[spec.key]
+    segmentation_node.GetSegmentation().AddEmptySegment(segment_id, spec.name, list(spec.organ.color_float()))
+    _describe_segment(segmentation_node.GetSegmentation().GetSegment(segment_id), spec)
+    return segment_id
+
+
+def world_to_node(node) -> np.ndarray:
+    """4x4 matrix from world RAS to the node's own frame (through its linear parent transforms)."""
+    matrix = vtkMatrix4x4()
+    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, node.GetParentTransformNode(), matrix):
+        raise InputError(f"'{node.GetName()}' is under a non-linear transform; harden the transform first")
+    return numpy_matrix(matrix)
+
+
 def _check_target(result: LabelVolume, segmentation_node, reference_volume_node) -> None:
     """Refuse before touching anything: no node, not a labelmap-based segmentation, or another grid."""
     if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):

@@ -24,7 +24,6 @@ import numpy as np
 import slicer
 import torch
 from vtkmodules.vtkCommonDataModel import vtkImageData
-from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 from ..catalog import CUSTOM_REGION, ClassCatalog, OrganClass, default_catalog
 from ..engine import EmbeddingCache, EngineOptions, ProgressCallback, RasBox, SegmentationModel, segment
@@ -35,7 +34,7 @@ from ..result import LabelVolume, Segment, label_dtype
 from ..review import SliceScore, slice_scores
 from ..segment_tags import CLASS_KEY_TAG
 from ..volume import Volume, canonical_view, ras_box_to_canonical
-from . import bridge
+from . import bridge, edit_record
 from .class_picker import parse_classes
 from .model_choice import model_version
 from .request import (
@@ -153,11 +152,11 @@ class SceneSegmenter:
             device = "cpu"
             messages.append("No CUDA GPU is available; AutoMedSAM ran on the CPU (slower).")
         return EngineOptions(device=device, precision="bf16" if request.fast else "auto", progress=progress,
-                             cancel=cancel, cache=self._cache_for(request.volume_node), roi=self.roi(request),
+                             cancel=cancel, cache=self.cache_for(request.volume_node), roi=self.roi(request),
                              uncertainty_samples=request.uncertainty_samples if request.uncertainty else 0,
                              warn=messages.append)
 
-    def _cache_for(self, volume_node: Any) -> EmbeddingCache:
+    def cache_for(self, volume_node: Any) -> EmbeddingCache:
         """The embedding cache, emptied when another volume is segmented (memory holds one volume's embeddings)."""
         if volume_node.GetID() != self._cache_owner:
             self._cache, self._cache_owner = EmbeddingCache(), volume_node.GetID()
@@ -221,10 +220,20 @@ class SceneSegmenter:
             raise
         if created:
             place_under_study(node, volume_node)
+        self._record(result, node, ids)
         uncertainty_node = None if uncertainty is None else self._uncertainty_node(uncertainty, node, volume_node)
         empty = [s.name for s in result.segments if not np.any(result.labels == s.label_value)]
         review = slice_scores(result) if result.uncertainty is not None else []
         return SegmentationOutcome(node, ids, created, empty, uncertainty_node, review=review)
+
+    @staticmethod
+    def _record(result: LabelVolume, node: Any, ids: dict[str, str]) -> None:
+        """Remember what the run wrote into each segment it ran, so later hand edits can be told apart."""
+        view = canonical_view(result.volume)
+        values = {s.key: s.label_value for s in result.segments}
+        for key, segment_id in ids.items():
+            mask = result.labels == values[key] if key in values else np.zeros(result.labels.shape, dtype=bool)
+            edit_record.record(node.GetSegmentation().GetSegment(segment_id), mask, view)
 
     def _uncertainty_node(self, image: vtkImageData, segmentation_node: Any, volume_node: Any) -> Any:
         """The run's uncertainty map (per voxel the largest std of a class probability) as a scalar volume node.
@@ -282,12 +291,7 @@ def roi_box(roi_node: Any, volume_node: Any) -> RasBox:
     """
     bounds = [0.0] * 6
     roi_node.GetRASBounds(bounds)
-    world_to_volume = vtkMatrix4x4()
-    if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, volume_node.GetParentTransformNode(),
-                                                                      world_to_volume):
-        raise InputError(f"volume '{volume_node.GetName()}' is under a non-linear transform; harden it to use a "
-                         "markups ROI")
-    matrix = np.array([[world_to_volume.GetElement(r, c) for c in range(4)] for r in range(4)])
+    matrix = bridge.world_to_node(volume_node)
     corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]])
     mapped = (matrix @ corners.T)[:3]
     return RasBox(tuple(mapped.min(axis=1)), tuple(mapped.max(axis=1)))  # type: ignore[arg-type]

@@ -203,3 +203,13 @@ def read_tag(segment: Any, name: str) -> str | None:
     """Value of a segment tag, None when absent or empty."""
     value = reference("")
     return (str(value) or None) if segment.GetTag(name, value) else None
+
+
+def refinable_classes(segmentation_node: Any, model_keys: tuple[str, ...],
+                      catalog: ClassCatalog) -> list[tuple[str, str]]:
+    """(class key, name shown) of the classes a refinement can correct: the segmentation's AutoMedSAM segments (named
+    as they are now), then the model's classes that have no segment yet (refining one makes its segment)."""
+    segments = tagged_segments(segmentation_node) if segmentation_node is not None else {}
+    found = [(key, segmentation_node.GetSegmentation().GetSegment(segment_id).GetName())
+             for key, segment_id in segments.items()]
+    return found + [(key, catalog.get(key).name) for key in model_keys if key not in segments and key in catalog]
