@@ -339,13 +339,13 @@ def write_seg_nrrd(result: LabelVolume, path: Path | str) -> Path:
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
         "referenceImageExtentOffset": [0, 0, 0],
-        "segments": [_seg_nrrd_segment(segment, labels) for segment in result.segments],
+        "segments": [seg_nrrd_segment(segment, labels) for segment in result.segments],
     }
     _write_atomically([(path, lambda temp: slicerio.write_segmentation(str(temp), segmentation))])
     return path
 
 
-def _seg_nrrd_segment(segment: Segment, labels_kji: np.ndarray) -> dict:
+def seg_nrrd_segment(segment: Segment, labels_kji: np.ndarray) -> dict:
     """slicerio segment fields; `extent` is (i0, i1, j0, j1, k0, k1) of the voxels, empty: (0, -1, ...)."""
     kji = np.nonzero(labels_kji == segment.label_value)
     extent = [0, -1, 0, -1, 0, -1]
@@ -377,7 +377,7 @@ def write_nifti_labels(result: LabelVolume, path: Path | str) -> tuple[Path, Pat
     _check_result(result)
     image = result.volume.to_sitk(_clean_labels(result))
     sidecar = nifti_sidecar(path)
-    text = json.dumps(_labels_json(result.segments), indent=2)
+    text = json.dumps(labels_json(result.segments), indent=2)
     _write_atomically([
         (path, lambda temp: sitk.WriteImage(image, str(temp), useCompression=True)),
         (sidecar, lambda temp: temp.write_text(text, encoding="utf-8")),
@@ -401,7 +401,7 @@ def result_files(path: Path | str, kind: str) -> list[Path]:
     return [path]
 
 
-def _labels_json(segments: Sequence[Segment]) -> dict[str, dict]:
+def labels_json(segments: Sequence[Segment]) -> dict[str, dict]:
     return {str(s.label_value): {
         "key": s.key, "name": s.name, "color": list(s.color),
         "category": _code_json(s.organ.category), "type": _code_json(s.organ.type),

@@ -96,16 +96,22 @@ def _model_classes(model: str | None) -> tuple[str, ...] | None:
     return tuple((registry.get(model) if model is not None else registry.default()).classes)
 
 
-def _segment_of(segmentation: object, name: str, model_classes: tuple[str, ...] | None) -> tuple[str, int]:
-    """(key, label value) of the class in the segmentation; `InputError` naming what is there otherwise."""
+def _segment_of(segmentation: object, name: str,
+                model_classes: tuple[str, ...] | None) -> tuple[object, str, int, bool]:
+    """(segmentation, key, label value, new) of the class: its segment, or a new empty segment when the class is not in
+    the file but is the model's (checked after loading for a model file); `InputError` naming what is there."""
     found = segmentation.label_of(name)  # type: ignore[attr-defined]
     if found is not None:
-        return found
+        return (segmentation, *found, False)
+    key = _catalog_key(name)
+    if key is not None and (model_classes is None or key in model_classes):
+        from .catalog import default_catalog
+
+        added, value = segmentation.with_segment(default_catalog().get(key))  # type: ignore[attr-defined]
+        return added, key, value, True
     listed = ", ".join(segmentation.names.values()) or "none"  # type: ignore[attr-defined]
-    in_model = model_classes is not None and _catalog_key(name) in model_classes
-    hint = ("segment it first (automedsam segment ... -c NAME) and refine that result" if in_model
-            else "and the model has no such class either")
-    raise InputError(f"class {name!r} is not in {segmentation.path.name} (its segments: {listed}); {hint}")  # type: ignore[attr-defined]
+    raise InputError(f"class {name!r} is not in {segmentation.path.name} (its segments: {listed}) and the model has "  # type: ignore[attr-defined]
+                     "no such class either; refine one of its segments or a class of the model")
 
 
 def _catalog_key(name: str) -> str | None:
@@ -125,8 +131,8 @@ def run_refine(args: argparse.Namespace) -> None:
     if len(args.classes) != 1:
         raise InputError("give the class to refine with exactly one -c NAME (one refinement corrects one class)")
     model_classes = _model_classes(args.model)
-    segmentation = SegmentationFile.read(args.segmentation)
-    key, label_value = _segment_of(segmentation, args.classes[0], model_classes)
+    segmentation, key, label_value, new = _segment_of(SegmentationFile.read(args.segmentation), args.classes[0],
+                                                      model_classes)
     refinement = _refinement(args, key)
     volume, _ = read_input(args.input, args.modality, args.series, warn=_warn)
     volume.validate()
@@ -136,11 +142,11 @@ def run_refine(args: argparse.Namespace) -> None:
 
     view = canonical_view(volume)
     _check_prompts_find_class(view, segmentation.labels, label_value, locate(view, refinement))  # type: ignore[arg-type]
-    _refine_and_write(args, volume, segmentation, key, label_value, refinement)
+    _refine_and_write(args, volume, segmentation, key, label_value, refinement, new)
 
 
 def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: object, key: str, label_value: int,
-                      refinement: object) -> None:
+                      refinement: object, new: bool) -> None:
     from .engine import EngineOptions, resolve_device
     from .loading import load_model
     from .refine import RefineOptions, refine
@@ -148,12 +154,15 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
     resolve_device(args.device)
     model = load_model(args.model, download=args.download)
     class_index = model.class_index(key) if key in model.classes else None
+    if class_index is None and new:
+        raise InputError(f"class {args.classes[0]!r} is not in {Path(args.segmentation).name} and the model has no "
+                         "such class either; refine one of its segments or a class of the model")
     if class_index is None:
         _warn(f"the model has no class prompt for {key!r}; refining with the points and box alone")
     result = refine(volume, segmentation.labels, label_value, refinement, model, class_index,  # type: ignore[arg-type]
                     EngineOptions(device=args.device, warn=_warn), RefineOptions(args.propagate))
     written = segmentation.write(result.labels, args.output)  # type: ignore[attr-defined]
-    _say(f"wrote {written}: {key} refined on {len(result.slices)} slice(s)")
+    _say(f"wrote {written}: {key} {'added and ' if new else ''}refined on {len(result.slices)} slice(s)")
     for direction, reason in result.stops.items():
         _say(f"  propagation {direction}: stopped, {reason}")
 

@@ -8,6 +8,7 @@ voxels slice by slice, so a grid that differs is refused with the differences na
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 
-from .catalog import default_catalog, normalized_name
+from .catalog import OrganClass, default_catalog, normalized_name
 from .errors import InputError
-from .io import _write_atomically, nifti_sidecar
+from .io import _write_atomically, labels_json, nifti_sidecar, seg_nrrd_segment
+from .result import Segment
 from .segment_tags import CLASS_KEY_TAG
 from .volume import LPS_TO_RAS, Volume, format_mm
 
@@ -60,6 +62,26 @@ class SegmentationFile:
             if {normalized_name(key), normalized_name(self.names.get(key, key))} & wanted:
                 return key, value
         return None
+
+    def with_segment(self, organ: OrganClass) -> tuple[SegmentationFile, int]:
+        """A copy with a new, empty segment of a class (named, coloured and tagged as our results are), and its label
+        value: the class's own when free, else the next free one (`InputError` when the file's dtype cannot hold it)."""
+        taken = set(self.segments.values()) | {int(v) for v in np.unique(self.labels)}
+        value = organ.label_value if organ.label_value not in taken else max(taken) + 1
+        if value > np.iinfo(self.labels.dtype).max:
+            raise InputError(f"{self.path.name} has no free label value for {organ.name}; refine a segmentation "
+                             "with fewer segments")
+        segment = Segment(organ.key, value, organ)
+        source = dict(self.source)
+        if self.kind == "seg.nrrd":
+            source["segments"] = [*self.source.get("segments", []), seg_nrrd_segment(segment, self.labels)]
+        else:
+            table = json.loads(self.source["sidecar"].decode("utf-8"))
+            table.update(labels_json([segment]))
+            source["sidecar"] = json.dumps(table, indent=2).encode("utf-8")
+        added = dataclasses.replace(self, segments={**self.segments, organ.key: value},
+                                    names={**self.names, organ.key: organ.name}, source=source)
+        return added, value
 
     def check_grid(self, volume: Volume) -> None:
         """`InputError` naming every difference between this label map's grid and the image's."""

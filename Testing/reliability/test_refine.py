@@ -112,3 +112,19 @@ def test_the_output_must_not_be_an_input(workspace, seg, target):
     output = seg if target == "segmentation" else workspace.image
     expected = "is the input" if target == "segmentation" else "must have the segmentation's format"
     assert_refused(refine(workspace, seg, "-c", "liver", "--point", LIVER_POINT, output=output), expected)
+
+
+@pytest.mark.parametrize("name", ["result.seg.nrrd", "result.nii.gz"])
+def test_a_class_of_the_model_missing_from_the_file_becomes_a_new_segment(workspace, name):
+    """Liver segmented only; refining the model's spleen with a box adds a Spleen segment, the liver stays."""
+    path = workspace.folder / name
+    assert workspace.segment("-c", "liver", output=path).code == 0
+    output = workspace.folder / ("refined" + name[len("result"):])
+    outcome = refine(workspace, path, "-c", "spleen", "--box", "52,1.6,45,70,15,45", output=output)
+    assert outcome.code == 0, outcome.err
+    assert "spleen added and refined on 1 slice(s)" in outcome.err
+    before, after = SegmentationFile.read(path), SegmentationFile.read(output)
+    assert after.names["spleen"] == "Spleen" and after.segments["liver"] == before.segments["liver"]
+    spleen = after.labels == after.segments["spleen"]
+    assert spleen[5].sum() > 20 and not spleen[np.arange(6) != 5].any()
+    assert np.array_equal(after.labels == before.segments["liver"], before.labels == before.segments["liver"])
