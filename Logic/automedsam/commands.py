@@ -14,7 +14,7 @@ from .errors import InputError
 from .file_checks import check_path_text
 from .io import check_dicom_seg_sources, read_input, write_probability_volume, write_result
 from .metrics import dice
-from .preflight import SegmentPlan, check_segment_request
+from .preflight import SegmentPlan, check_segment_request, create_output_folders
 from .registry import ModelRegistry
 from .resources import resource_path
 from .result import LabelVolume
@@ -95,6 +95,7 @@ def run_segment(args: argparse.Namespace) -> None:
                                 precision=args.precision, encoder_backend=args.encoder_backend,
                                 progress=progress, warn=_warn)
         result = segment_run(model, options) if segment_run is not None else _class_run(volume, args, model, options)
+    create_output_folders(args.output, args.uncertainty, args.report)
     written = write_result(result, args.output, source_files)
     if args.uncertainty is not None and result.uncertainty is not None:
         write_probability_volume(volume.with_array(result.uncertainty), args.uncertainty)

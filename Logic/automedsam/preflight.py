@@ -144,6 +144,15 @@ def check_output_folder(path: Path | str) -> None:
         raise InputError(f"cannot write to {parent}: permission denied; choose another output path")
 
 
+def create_output_folders(*paths: Path | str | None) -> None:
+    """Make the folders the outputs go into (checked writable by `check_output_folder` before the run), as a user
+    who names `results/ct1/liver.seg.nrrd` expects."""
+    for path in paths:
+        if path is not None:
+            folder = Path(path) if not Path(path).suffix else Path(path).parent
+            folder.mkdir(parents=True, exist_ok=True)
+
+
 def parse_box(text: str) -> tuple[tuple[Corner, Corner], list[str]]:
     """`R0,A0,S0,R1,A1,S1` (two opposite corners, RAS mm) -> the corners, and a warning for a flat box."""
     try:

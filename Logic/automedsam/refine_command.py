@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import InputError
 from .file_checks import check_path_text
 from .io import read_input, result_files, result_format
-from .preflight import check_output_folder, check_outputs_apart, parse_box
+from .preflight import check_output_folder, check_outputs_apart, create_output_folders, parse_box
 from .registry import ModelRegistry, is_model_path
 
 
@@ -161,6 +161,7 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
         _warn(f"the model has no class prompt for {key!r}; refining with the points and box alone")
     result = refine(volume, segmentation.labels, label_value, refinement, model, class_index,  # type: ignore[arg-type]
                     EngineOptions(device=args.device, warn=_warn), RefineOptions(args.propagate))
+    create_output_folders(args.output)
     written = segmentation.write(result.labels, args.output)  # type: ignore[attr-defined]
     _say(f"wrote {written}: {key} {'added and ' if new else ''}refined on {len(result.slices)} slice(s)")
     for direction, reason in result.stops.items():

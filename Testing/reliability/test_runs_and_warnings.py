@@ -199,3 +199,20 @@ def test_review_report_ranks_every_segment_slice(workspace):
     assert scores == sorted(scores, reverse=True)
     assert f"wrote {report} ({len(rows)} segment slices); most suspect:" in outcome.err
     assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~umask()
+
+
+def test_missing_output_folders_are_made_for_every_output(workspace):
+    """`-o results/ct1/liver.seg.nrrd --report reports/ct1.csv`: the folders are made, as the user expects (they
+    were checked writable before the run; the run used to finish and then fail to write)."""
+    output = workspace.folder / "results" / "ct1" / "liver.seg.nrrd"
+    report = workspace.folder / "reports" / "ct1.csv"
+    uncertainty = workspace.folder / "maps" / "u.nii.gz"
+    outcome = workspace.segment("-c", "liver", "--report", str(report), "--uncertainty", str(uncertainty),
+                                output=output)
+    _succeeded(outcome)
+    assert output.is_file() and report.is_file() and uncertainty.is_file()
+    refined = workspace.folder / "refined" / "liver.seg.nrrd"
+    outcome = workspace.run(["refine", str(workspace.image), str(output), "-c", "liver", "--point", "31,-3.2,39",
+                             "-o", str(refined)])
+    _succeeded(outcome)
+    assert refined.is_file()
