@@ -150,6 +150,8 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
     from .engine import EngineOptions, resolve_device
     from .loading import load_model
     from .refine import RefineOptions, refine
+    from .slice_record import changed_slices, slice_digests
+    from .volume import canonical_view
 
     resolve_device(args.device)
     model = load_model(args.model, download=args.download)
@@ -159,10 +161,14 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
                          "such class either; refine one of its segments or a class of the model")
     if class_index is None:
         _warn(f"the model has no class prompt for {key!r}; refining with the points and box alone")
+    view = canonical_view(volume)  # type: ignore[arg-type]
+    protected = changed_slices(segmentation.record_of(key), segmentation.labels == label_value,  # type: ignore[attr-defined]
+                               view, without_record="none")
     result = refine(volume, segmentation.labels, label_value, refinement, model, class_index,  # type: ignore[arg-type]
-                    EngineOptions(device=args.device, warn=_warn), RefineOptions(args.propagate))
+                    EngineOptions(device=args.device, warn=_warn), RefineOptions(args.propagate, protected=protected))
     create_output_folders(args.output)
-    written = segmentation.write(result.labels, args.output)  # type: ignore[attr-defined]
+    records = {key: slice_digests(result.labels == label_value, view)}
+    written = segmentation.write(result.labels, args.output, records)  # type: ignore[attr-defined]
     _say(f"wrote {written}: {key} {'added and ' if new else ''}refined on {len(result.slices)} slice(s)")
     for direction, reason in result.stops.items():
         _say(f"  propagation {direction}: stopped, {reason}")

@@ -21,8 +21,8 @@ from .catalog import OrganClass, default_catalog, normalized_name
 from .errors import InputError
 from .io import _write_atomically, labels_json, nifti_sidecar, seg_nrrd_segment
 from .result import Segment
-from .segment_tags import CLASS_KEY_TAG
-from .volume import LPS_TO_RAS, Volume, format_mm
+from .segment_tags import CLASS_KEY_TAG, SLICE_DIGESTS_TAG
+from .volume import LPS_TO_RAS, CanonicalView, Volume, canonical_view, format_mm
 
 GEOMETRY_TOLERANCE = 1e-4  # mm, and direction cosines
 
@@ -74,7 +74,8 @@ class SegmentationFile:
         segment = Segment(organ.key, value, organ)
         source = dict(self.source)
         if self.kind == "seg.nrrd":
-            source["segments"] = [*self.source.get("segments", []), seg_nrrd_segment(segment, self.labels)]
+            source["segments"] = [*self.source.get("segments", []),
+                                  seg_nrrd_segment(segment, self.labels, self.view())]
         else:
             table = json.loads(self.source["sidecar"].decode("utf-8"))
             table.update(labels_json([segment]))
@@ -83,6 +84,20 @@ class SegmentationFile:
                                     names={**self.names, organ.key: organ.name}, source=source)
         return added, value
 
+    def view(self) -> CanonicalView:
+        """The canonical slice order of the file's grid (the image's, once `check_grid` passed)."""
+        return canonical_view(Volume(self.labels, self.ijk_to_ras, "CT"))
+
+    def record_of(self, key: str) -> str | None:
+        """The segment's record of what AutoMedSAM last wrote into it (`slice_record`; `.seg.nrrd` only), or None."""
+        if self.kind != "seg.nrrd":
+            return None
+        for segment in self.source.get("segments", []):
+            tags = segment.get("tags", {})
+            if (tags.get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name")) == key:
+                return tags.get(SLICE_DIGESTS_TAG) or None
+        return None
+
     def check_grid(self, volume: Volume) -> None:
         """`InputError` naming every difference between this label map's grid and the image's."""
         differences = grid_differences(volume.array.shape, volume.ijk_to_ras, self.labels.shape, self.ijk_to_ras)
@@ -90,15 +105,17 @@ class SegmentationFile:
             raise InputError(f"the segmentation {self.path.name} is not on the image's grid ({'; '.join(differences)})"
                              "; refine a segmentation made on this image")
 
-    def write(self, labels: np.ndarray, path: Path | str) -> Path:
-        """Write `labels` (KJI, same shape and dtype) in this file's format with everything else unchanged."""
+    def write(self, labels: np.ndarray, path: Path | str, records: dict[str, str] | None = None) -> Path:
+        """Write `labels` (KJI, same shape and dtype) in this file's format with everything else unchanged, except
+        the `records` (key -> `slice_record` digests) of the segments AutoMedSAM just wrote (`.seg.nrrd` only)."""
         if labels.shape != self.labels.shape or labels.dtype != self.labels.dtype:
             raise InputError("the refined label map does not fit the segmentation it came from")
         path = Path(path)
         if self.kind == "seg.nrrd":
             import slicerio
 
-            data = dict(self.source, voxels=np.ascontiguousarray(labels.transpose(2, 1, 0)))
+            data = dict(self.source, voxels=np.ascontiguousarray(labels.transpose(2, 1, 0)),
+                        segments=[_with_record(segment, records or {}) for segment in self.source.get("segments", [])])
             _write_atomically([(path, lambda temp: slicerio.write_segmentation(str(temp), data))])
             return path
         image: sitk.Image = self.source["image"]
@@ -108,6 +125,15 @@ class SegmentationFile:
         _write_atomically([(path, lambda temp: sitk.WriteImage(written, str(temp), useCompression=True)),
                            (nifti_sidecar(path), lambda temp: temp.write_bytes(sidecar_bytes))])
         return path
+
+
+def _with_record(segment: dict, records: dict[str, str]) -> dict:
+    """A slicerio segment with its record replaced when `records` has one for its class."""
+    tags = segment.get("tags", {})
+    key = tags.get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name")
+    if key not in records:
+        return segment
+    return dict(segment, tags={**tags, SLICE_DIGESTS_TAG: records[key]})
 
 
 def grid_differences(shape_a: tuple[int, ...], matrix_a: np.ndarray, shape_b: tuple[int, ...],

@@ -128,3 +128,49 @@ def test_a_class_of_the_model_missing_from_the_file_becomes_a_new_segment(worksp
     spleen = after.labels == after.segments["spleen"]
     assert spleen[5].sum() > 20 and not spleen[np.arange(6) != 5].any()
     assert np.array_equal(after.labels == before.segments["liver"], before.labels == before.segments["liver"])
+
+
+def _missed(workspace: Workspace, slices: list[int]) -> Path:
+    """A liver + spleen result whose liver the run itself missed on `slices` (the record says it wrote them so)."""
+    from automedsam.slice_record import slice_digests
+
+    path = workspace.folder / "missed.seg.nrrd"
+    assert workspace.segment("-c", "liver", "-c", "spleen", output=path).code == 0
+    source = SegmentationFile.read(path)
+    labels = source.labels.copy()
+    liver = source.segments["liver"]
+    for index in slices:
+        labels[index][labels[index] == liver] = 0
+    source.write(labels, path, {"liver": slice_digests(labels == liver, source.view())})
+    return path
+
+
+def test_results_carry_the_record_of_what_was_written(workspace, seg):
+    from automedsam.slice_record import changed_slices
+
+    source = SegmentationFile.read(seg)
+    record = source.record_of("liver")
+    assert record is not None and len(record) == 8 * source.labels.shape[0]
+    assert changed_slices(record, source.labels == source.segments["liver"], source.view()) == {3}  # the fixture's edit
+    spleen = source.labels == source.segments["spleen"]
+    assert changed_slices(source.record_of("spleen"), spleen, source.view()) == set()
+
+
+def test_propagation_never_enters_a_slice_edited_since_the_run(workspace):
+    """The run missed the liver on k 3 and 4; refined on k 3, propagation fills k 4 ... unless the user has edited k 4
+    since (a stroke painted in Slicer): then k 4 keeps the user's voxels and the command says why it stopped."""
+    path = _missed(workspace, [3, 4])
+    filled = workspace.folder / "filled.seg.nrrd"
+    assert refine(workspace, path, "-c", "liver", "--point", LIVER_POINT, "--propagate", output=filled).code == 0
+    liver = SegmentationFile.read(path).segments["liver"]
+    assert (SegmentationFile.read(filled).labels[4] == liver).sum() > 100
+    edited = SegmentationFile.read(path)
+    labels = edited.labels.copy()
+    labels[4, 10:12, 10:14] = liver            # the user's stroke; the record is not updated by Slicer's editor
+    edited.write(labels, path)
+    outcome = refine(workspace, path, "-c", "liver", "--point", LIVER_POINT, "--propagate")
+    assert outcome.code == 0, outcome.err
+    assert "propagation superior: stopped, the slice at S = 42.0 mm was edited by hand" in outcome.err
+    after = SegmentationFile.read(workspace.output)
+    assert np.array_equal(after.labels[4], labels[4])
+    assert after.record_of("liver") != edited.record_of("liver")     # the refined slice is AutoMedSAM's again

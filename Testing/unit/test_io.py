@@ -18,7 +18,8 @@ from automedsam import io
 from automedsam.catalog import Code, OrganClass
 from automedsam.errors import InputError, OutputError
 from automedsam.result import LabelVolume, Segment
-from automedsam.volume import LPS_TO_RAS, Volume
+from automedsam.slice_record import slice_digests
+from automedsam.volume import LPS_TO_RAS, Volume, canonical_view
 
 ANATOMY = Code("SCT", "123037004", "Anatomical Structure")
 
@@ -196,7 +197,10 @@ def test_seg_nrrd_round_trip(tmp_path: Path, result: LabelVolume) -> None:
         "category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "64033007", "Kidney"],
         "typeModifier": ["SCT", "7771000", "Left"], "anatomicContextName": "Anatomic codes - DICOM master list"}
     assert nrrd.read_header(str(path))["Segment1_Tags"].count(KIDNEY_LEFT.slicer_terminology()) == 1
+    record = kidney["tags"].pop("AutoMedSAM.SliceDigests")     # what was written, slice by slice (slice_record)
     assert kidney["tags"] == {"AutoMedSAM.ClassKey": "kidney_left"}
+    view = canonical_view(result.volume)
+    assert record == slice_digests(expected_labels(result) == 3, view) and len(record) == 8 * view.shape[0]
     assert kidney["status"] == "inprogress"
     assert kidney["extent"] == [3, 5, 4, 5, 2, 4]         # i0 i1 j0 j1 k0 k1 of its voxels
     assert by_id["liver"]["name"] == "Liver" and by_id["liver"]["labelValue"] == 5
