@@ -116,11 +116,13 @@ class RefinePanel:
             outcome = self.logic.refine(parameters, self.classKey())
             self.ui.statusLabel.text = outcome.summary()
             self.clearPrompts()
+        self.update(self._classes)
 
     def onUndo(self) -> None:
         """Take back the last refinement of the output segmentation."""
         with slicer.util.tryWithErrorDisplay(_("The refinement could not be undone."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.undoRefinement(self.parameterNode())
+        self.update(self._classes)
 
     # ----------------------------------------------------------------------------------------- shortcuts
     def installShortcuts(self) -> None:
