@@ -39,3 +39,20 @@ def ct_node(scene, study):
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     hierarchy.CreateItem(study, node)
     return node
+
+
+@pytest.fixture
+def model():
+    """The engine fakes' transparent stand-in model (classes by intensity on the phantom)."""
+    from engine_fakes import FakeModel
+
+    return FakeModel()
+
+
+@pytest.fixture
+def logic(model):
+    """The module's scene logic running `model`."""
+    pytest.importorskip("slicer")
+    from automedsam.slicer.logic import SceneSegmenter
+
+    return SceneSegmenter(model_loader=lambda spec: model)

@@ -36,16 +36,6 @@ pytestmark = pytest.mark.slicer
 SEGMENTATIONS = slicer.vtkSlicerSegmentationsModuleLogic
 
 
-@pytest.fixture
-def model() -> FakeModel:
-    return FakeModel()
-
-
-@pytest.fixture
-def logic(model: FakeModel) -> SceneSegmenter:
-    return SceneSegmenter(model_loader=lambda spec: model)
-
-
 def paint(scene, segmentation_node, volume_node, mask: np.ndarray, segment_id: str | None = None,
           name: str = "Lesion") -> str:
     """A user's edit: replace a segment's voxels with `mask`, or add a new segment (no class tag)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_fakes import FakeModel, phantom
+from engine_fakes import phantom
 
 slicer = pytest.importorskip("slicer")
 from mrml_state import node_state, tag  # noqa: E402 (needs slicer)
@@ -27,30 +27,20 @@ LIVER = phantom().array == 100
 
 
 @pytest.fixture
-def model() -> FakeModel:
-    return FakeModel()
-
-
-@pytest.fixture
-def segmenter(model: FakeModel) -> SceneSegmenter:
-    return SceneSegmenter(model_loader=lambda spec: model)
-
-
-@pytest.fixture
 def saved_states() -> list:
     return []
 
 
 @pytest.fixture
-def refiner(segmenter: SceneSegmenter, saved_states: list) -> SceneRefiner:
-    return SceneRefiner(segmenter, save_editor_state=saved_states.append)
+def refiner(logic: SceneSegmenter, saved_states: list) -> SceneRefiner:
+    return SceneRefiner(logic, save_editor_state=saved_states.append)
 
 
 @pytest.fixture
-def segmented(scene, ct_node, segmenter):
+def segmented(scene, ct_node, logic):
     """Liver and spleen segmented, then the liver missing on k 3..6 as if the model had missed it there (the record
     says the run wrote it so)."""
-    node = segmenter.run(SegmentationRequest(ct_node, ("liver",), device="cpu")).segmentation_node
+    node = logic.run(SegmentationRequest(ct_node, ("liver",), device="cpu")).segmentation_node
     missed = LIVER.copy()
     missed[3:7] = False
     _set(node, "liver", missed, ct_node)
@@ -127,8 +117,8 @@ def test_the_refined_slice_itself_is_the_users_choice_even_if_edited(scene, ct_n
     assert np.array_equal(_mask(segmented, "liver", ct_node)[5], LIVER[5])
 
 
-def test_a_negative_point_removes_and_other_segments_are_never_taken(scene, ct_node, segmenter, refiner):
-    node = segmenter.run(SegmentationRequest(ct_node, ("liver", "spleen"), device="cpu")).segmentation_node
+def test_a_negative_point_removes_and_other_segments_are_never_taken(scene, ct_node, logic, refiner):
+    node = logic.run(SegmentationRequest(ct_node, ("liver", "spleen"), device="cpu")).segmentation_node
     spleen = _mask(node, "spleen", ct_node)
     minus = _points(scene, (31.0, 4.0, 45.0), name="minus")
     box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
@@ -216,8 +206,8 @@ def test_bad_requests_are_refused_and_change_nothing(scene, ct_node, segmented, 
     assert node_state(segmented, ct_node) == before
 
 
-def test_a_run_records_what_it_wrote_and_the_class_list_offers_segments_then_model_classes(scene, ct_node, segmenter):
-    node = segmenter.run(SegmentationRequest(ct_node, ("liver",), device="cpu")).segmentation_node
+def test_a_run_records_what_it_wrote_and_the_class_list_offers_segments_then_model_classes(scene, ct_node, logic):
+    node = logic.run(SegmentationRequest(ct_node, ("liver",), device="cpu")).segmentation_node
     liver = node.GetSegmentation().GetSegment("liver")
     view = canonical_view(phantom())
     assert edit_record.edited_slices(liver, _mask(node, "liver", ct_node), view) == set()
@@ -227,6 +217,6 @@ def test_a_run_records_what_it_wrote_and_the_class_list_offers_segments_then_mod
     liver.RemoveTag(edit_record.DIGEST_TAG)          # no record: every slice holding voxels is the user's
     assert edit_record.edited_slices(liver, edited, view) == {2, 3, 4, 5, 6, 7, 8}
     liver.SetName("Liver (checked)")
-    assert refinable_classes(node, ("liver", "spleen"), segmenter.catalog) == [("liver", "Liver (checked)"),
+    assert refinable_classes(node, ("liver", "spleen"), logic.catalog) == [("liver", "Liver (checked)"),
                                                                                ("spleen", "Spleen")]
-    assert refinable_classes(None, ("spleen",), segmenter.catalog) == [("spleen", "Spleen")]
+    assert refinable_classes(None, ("spleen",), logic.catalog) == [("spleen", "Spleen")]
