@@ -275,3 +275,26 @@ def test_result_on_another_grid_is_refused(scene, ct_node) -> None:
     assert segmentation_node.GetSegmentation().GetNumberOfSegments() == 0
     with pytest.raises(InputError, match="no segment with ID 'liver'"):
         slicer_bridge.segment_mask(segmentation_node, "liver", ct_node)
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (2, -3, 5), (-4, 7, -1), (30, 0, 0)])
+def test_aligned_segments_are_copied_as_resampling_would_sample_them(shift) -> None:
+    """The block copy of a segment on a grid that differs by whole voxels equals nearest-neighbour resampling,
+    including a labelmap that lies partly (or wholly) outside the reference grid; other grids are resampled."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(sum(shift) + 5)
+    source = rng.random((9, 14, 11)) > 0.6
+    shape = (12, 10, 13)
+    kji_map = np.eye(4)
+    kji_map[:3, 3] = shift
+    copied = slicer_bridge._copy_if_aligned(source, kji_map, shape)
+    resampled = ndimage.affine_transform(source.astype(np.uint8), kji_map[:3, :3], offset=kji_map[:3, 3],
+                                         output_shape=shape, order=0, mode="grid-constant").astype(bool)
+    assert copied is not None and np.array_equal(copied, resampled)
+    half_voxel = kji_map.copy()
+    half_voxel[0, 3] += 0.5
+    flipped = kji_map.copy()
+    flipped[1, 1] = -1.0
+    assert slicer_bridge._copy_if_aligned(source, half_voxel, shape) is None
+    assert slicer_bridge._copy_if_aligned(source, flipped, shape) is None
