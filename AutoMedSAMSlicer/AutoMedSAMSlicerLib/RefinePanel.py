@@ -14,7 +14,8 @@ PROMPTS = {
     "negative": ("negativePoints", "vtkMRMLMarkupsFiducialNode", (0.95, 0.25, 0.2), "AutoMedSAM -"),
     "box": ("refineBox", "vtkMRMLMarkupsROINode", (1.0, 0.85, 0.2), "AutoMedSAM box"),
 }
-SHORTCUTS = {"A": "positive", "X": "negative", "B": "box", "R": "refine"}
+# Shift + letter: the plain letters belong to the slice views (b / f move through slices, r resets the view, ...)
+SHORTCUTS = {"Shift+A": "positive", "Shift+X": "negative", "Shift+B": "box", "Shift+R": "refine"}
 
 
 class RefinePanel:
@@ -47,7 +48,7 @@ class RefinePanel:
         parameters = self.parameterNode()
         problem = self.logic.refinementProblem(parameters, self.classKey()) if parameters else _("No parameters.")
         self.ui.refineButton.enabled = problem is None
-        self.ui.refineButton.toolTip = problem or _("Decode the class again on the prompts' slice (shortcut R).")
+        self.ui.refineButton.toolTip = problem or _("Decode the class again on the prompts' slice (Shift+R).")
         self.ui.undoRefinementButton.enabled = parameters is not None and self.logic.canUndoRefinement(parameters)
 
     def classKey(self) -> str:
@@ -126,8 +127,8 @@ class RefinePanel:
 
     # ----------------------------------------------------------------------------------------- shortcuts
     def installShortcuts(self) -> None:
-        """A, X, B and R place +, - and box prompts and refine, while the module is shown (typing in a text field
-        is not affected: the field takes the key)."""
+        """Shift+A, Shift+X, Shift+B and Shift+R place +, - and box prompts and refine, while the module is shown
+        (typing in a text field is not affected: the field takes the key)."""
         self.removeShortcuts()
         actions = {"positive": lambda: self.place("positive"), "negative": lambda: self.place("negative"),
                    "box": lambda: self.place("box"), "refine": self.onRefine}
@@ -139,8 +140,9 @@ class RefinePanel:
     def removeShortcuts(self) -> None:
         """Release the keys when the user leaves the module."""
         for shortcut in self._shortcuts:
-            shortcut.disconnect("activated()")
+            shortcut.setEnabled(False)
             shortcut.setParent(None)
+            shortcut.deleteLater()
         self._shortcuts = []
 
 
