@@ -214,18 +214,19 @@ class RefineOptions:
 
 def refine(volume: Volume, labels_kji: np.ndarray, label_value: int, refinement: Refinement, model: object,
            class_index: int | None, options: EngineOptions | None = None,
-           reach: RefineOptions | None = None) -> RefinedLabels:
+           reach: RefineOptions | None = None, decoder: SliceDecoder | None = None) -> RefinedLabels:
     """Refine the segment `label_value` of `labels_kji` (on `volume`'s grid) on the refinement's slice, and with
     `reach.propagate` on its neighbours until the organ ends (see `RefineOptions`); `class_index` is the model's class
     of the segment (None: the user's prompts alone). `InputError` for prompts outside the volume, on several slices,
-    or on a slice without the class when no positive point or box says where it is."""
+    or on a slice without the class when no positive point or box says where it is. `decoder`: one kept from an
+    earlier refinement of the same volume and model (it holds the normalised volume), else one is made."""
     if np.shape(labels_kji) != volume.array.shape:
         raise InputError(f"the label map's grid {np.shape(labels_kji)} differs from the image's {volume.array.shape}")
     reach = reach or RefineOptions()
     view = canonical_view(volume)
     prompts = locate(view, refinement, reach.thick_box)
     _check_prompts_find_class(view, labels_kji, label_value, prompts)
-    decoder = SliceDecoder(volume, model, options)
+    decoder = decoder or SliceDecoder(volume, model, options)
     labels = np.array(labels_kji, copy=True)
     canonical = view.apply(labels)  # a view: writes land in `labels`
     mask, _ = decoder.decode(prompts.slice_index, class_index, prompts)

@@ -220,3 +220,19 @@ def test_a_run_records_what_it_wrote_and_the_class_list_offers_segments_then_mod
     assert refinable_classes(node, ("liver", "spleen"), logic.catalog) == [("liver", "Liver (checked)"),
                                                                                ("spleen", "Spleen")]
     assert refinable_classes(None, ("spleen",), logic.catalog) == [("spleen", "Spleen")]
+
+
+def test_clicks_on_the_same_volume_reuse_the_normalised_volume(scene, ct_node, segmented, refiner, monkeypatch):
+    """A second refinement does not normalise (and hash) the volume again; changed voxels or another volume do."""
+    from automedsam.slicer import refinement
+
+    made = []
+    real = refinement.SliceDecoder
+    monkeypatch.setattr(refinement, "SliceDecoder", lambda *args, **kwargs: made.append(1) or real(*args, **kwargs))
+    point = _points(scene, LIVER_POINT)
+    refiner.refine(_request(ct_node, segmented, positive_points=point))
+    refiner.refine(_request(ct_node, segmented, negative_points=_points(scene, LIVER_POINT, name="minus")))
+    assert len(made) == 1
+    ct_node.GetImageData().Modified()
+    refiner.refine(_request(ct_node, segmented, positive_points=point))
+    assert len(made) == 2

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..engine import EngineOptions
 from ..errors import InputError
-from ..refine import RasPoint, Refinement, RefineOptions, refine
+from ..refine import RasPoint, Refinement, RefineOptions, SliceDecoder, refine
 from ..result import Segment
 from ..volume import CanonicalView, Volume, canonical_view
 from . import bridge, edit_record
@@ -132,6 +132,7 @@ class SceneRefiner:
         self.segmenter = segmenter
         self.save_editor_state = save_editor_state or (lambda node: None)
         self._undo: dict[str, list[_UndoStep]] = {}
+        self._kept: tuple[tuple, SliceDecoder] | None = None
 
     def problem(self, request: RefinementRequest) -> str | None:
         """Why the refinement cannot run (checked before any work), or None."""
@@ -166,16 +167,26 @@ class SceneRefiner:
         volume = bridge.volume_from_node(request.volume_node)
         volume.validate()
         labels, protected = self._labels(request, volume, segment_id)
-        options = EngineOptions(device=request.device, cache=self.segmenter.cache_for(request.volume_node))
         class_index = model.class_index(key) if key in model.classes else None
-        result = refine(volume, labels, 1, refinement, model, class_index, options,
-                        RefineOptions(request.propagate, protected=protected, thick_box=True))
+        result = refine(volume, labels, 1, refinement, model, class_index, reach=RefineOptions(
+            request.propagate, protected=protected, thick_box=True), decoder=self._decoder(request, volume, model))
         segment_id, created = self._write(request, volume, key, segment_id, result.labels == 1, result.slices)
         view = canonical_view(volume)
         segment = request.segmentation_node.GetSegmentation().GetSegment(segment_id)
         return RefinementOutcome(segment_id, segment.GetName(), result.slices,
                                  [_slice_position(view, s) for s in result.slices], result.stops, created,
                                  time.perf_counter() - started)
+
+    def _decoder(self, request: RefinementRequest, volume: Volume, model: Any) -> SliceDecoder:
+        """The slice decoder of the last refinement when volume (voxels unchanged), model and device are the same:
+        a click after a click does not normalise and hash the whole volume again (about a second on a large CT)."""
+        node = request.volume_node
+        cache = self.segmenter.cache_for(node)       # the run's embeddings (replaced when another volume ran)
+        key = (node.GetID(), node.GetImageData().GetMTime(), node.GetMTime(), id(model), request.device, id(cache))
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None                        # let the old decoder (and its cache) go first
+            self._kept = (key, SliceDecoder(volume, model, EngineOptions(device=request.device, cache=cache)))
+        return self._kept[1]
 
     def _labels(self, request: RefinementRequest, volume: Volume,
                 segment_id: str | None) -> tuple[np.ndarray, set[int]]:
