@@ -143,10 +143,14 @@ def _canonical_point(view: CanonicalView, point: RasPoint) -> tuple[int, int, in
     return int(index[2]), int(index[1]), int(index[0]), point.positive
 
 
+def slice_position(view: CanonicalView, slice_index: int) -> float:
+    """S (mm, RAS) of a canonical slice's centre, as the user sees it in Slicer."""
+    return float((view.src_to_ras @ np.array([0.0, 0.0, float(slice_index), 1.0]))[2])
+
+
 def _slice_list(view: CanonicalView, slices: Sequence[int]) -> str:
     """Slices by their S position (mm), as the user gave them."""
-    positions = [float((view.src_to_ras @ np.array([0.0, 0.0, s, 1.0]))[2]) for s in slices]
-    return "S = " + ", ".join(f"{p:.1f}" for p in positions) + " mm"
+    return "S = " + ", ".join(f"{slice_position(view, s):.1f}" for s in slices) + " mm"
 
 
 def slice_mask(labels_kji: np.ndarray, view: CanonicalView, slice_index: int, label_value: int) -> np.ndarray:

@@ -27,12 +27,12 @@ import numpy as np
 
 from ..engine import EngineOptions
 from ..errors import InputError
-from ..refine import RasPoint, Refinement, RefineOptions, SliceDecoder, refine
+from ..refine import RasPoint, RefinedLabels, Refinement, RefineOptions, SliceDecoder, refine, slice_position
 from ..result import Segment
 from ..volume import CanonicalView, Volume, canonical_view
 from . import bridge, edit_record
 from .class_picker import parse_classes
-from .logic import SceneSegmenter
+from .logic import SceneSegmenter, roi_box
 from .request import read_tag, segmentation_problem, tagged_segments, volume_problem
 
 UNDO_DEPTH = 20           # refinements per segmentation that can be undone
@@ -96,8 +96,6 @@ def markups_refinement(request: RefinementRequest, key: str) -> Refinement:
             points.append(RasPoint(tuple((to_volume @ np.r_[position, 1.0])[:3]), positive))  # type: ignore[arg-type]
     box = None
     if request.roi_node is not None and request.roi_node.GetNumberOfControlPoints() > 0:
-        from .logic import roi_box
-
         box = roi_box(request.roi_node, request.volume_node)
     return Refinement(key, tuple(points), box)
 
@@ -170,11 +168,11 @@ class SceneRefiner:
         class_index = model.class_index(key) if key in model.classes else None
         result = refine(volume, labels, 1, refinement, model, class_index, reach=RefineOptions(
             request.propagate, protected=protected, thick_box=True), decoder=self._decoder(request, volume, model))
-        segment_id, created = self._write(request, volume, key, segment_id, result.labels == 1, result.slices)
+        segment_id, created = self._write(request, volume, key, segment_id, labels == 1, result)
         view = canonical_view(volume)
         segment = request.segmentation_node.GetSegmentation().GetSegment(segment_id)
         return RefinementOutcome(segment_id, segment.GetName(), result.slices,
-                                 [_slice_position(view, s) for s in result.slices], result.stops, created,
+                                 [slice_position(view, s) for s in result.slices], result.stops, created,
                                  time.perf_counter() - started)
 
     def _decoder(self, request: RefinementRequest, volume: Volume, model: Any) -> SliceDecoder:
@@ -205,12 +203,12 @@ class SceneRefiner:
         return labels, edit_record.edited_slices(segmentation.GetSegment(segment_id), mask, canonical_view(volume))
 
     def _write(self, request: RefinementRequest, volume: Volume, key: str, segment_id: str | None,
-               mask: np.ndarray, slices: list[int]) -> tuple[str, bool]:
-        """Put the new mask into the segment (made now if missing) as one undo step; all or nothing."""
+               previous: np.ndarray, result: RefinedLabels) -> tuple[str, bool]:
+        """Put the refined mask into the segment (made now if missing) in place of `previous`, its mask before, as
+        one undo step; all or nothing."""
         node, view = request.segmentation_node, canonical_view(volume)
         created = segment_id is None
-        previous = (np.zeros(mask.shape, dtype=bool) if created
-                    else bridge.segment_mask(node, segment_id, request.volume_node))
+        mask, slices = result.labels == 1, result.slices
         self.save_editor_state(node)
         if created:
             organ = self.segmenter.catalog.get(key)
@@ -269,10 +267,3 @@ class SceneRefiner:
             segment.RemoveTag(edit_record.DIGEST_TAG)
         else:
             segment.SetTag(edit_record.DIGEST_TAG, step.record_before)
-
-
-def _slice_position(view: CanonicalView, slice_index: int) -> float:
-    """Position of a canonical slice along its axis in RAS mm (S for an axial volume)."""
-    centre = view.src_to_ras @ np.array([0.0, 0.0, float(slice_index), 1.0])
-    axis = int(np.argmax(np.abs(view.src_to_ras[:3, 2])))
-    return float(centre[axis])
