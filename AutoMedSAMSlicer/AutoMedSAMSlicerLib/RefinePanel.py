@@ -24,7 +24,8 @@ class RefinePanel:
     def __init__(self, ui, logic, parameterNode) -> None:
         """`parameterNode()` gives the module's current parameter node (it changes with the scene)."""
         self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
-        self._shortcuts, self._observed, self._classes = [], [], []
+        self._shortcuts, self._observed, self._classes, self._filling = [], [], [], False
+        ui.refineClassComboBox.connect("currentIndexChanged(int)", self.onClassChanged)
         ui.positivePointsPlaceButton.connect("clicked(bool)", lambda checked: self.place("positive"))
         ui.negativePointsPlaceButton.connect("clicked(bool)", lambda checked: self.place("negative"))
         ui.refineBoxPlaceButton.connect("clicked(bool)", lambda checked: self.place("box"))
@@ -38,18 +39,27 @@ class RefinePanel:
         when they can run, with the reason in the tooltip otherwise."""
         combo = self.ui.refineClassComboBox
         current = combo.currentData
-        if [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count)] != list(classes):
-            combo.clear()
-            for key, name in classes:
-                combo.addItem(name, key)
-            combo.setCurrentIndex(max(combo.findData(current), 0))
         self._classes = list(classes)
+        if [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count)] != self._classes:
+            self._filling = True
+            try:
+                combo.clear()
+                for key, name in self._classes:
+                    combo.addItem(name, key)
+                combo.setCurrentIndex(max(combo.findData(current), 0))
+            finally:
+                self._filling = False
         self._observePrompts()
         parameters = self.parameterNode()
         problem = self.logic.refinementProblem(parameters, self.classKey()) if parameters else _("No parameters.")
         self.ui.refineButton.enabled = problem is None
         self.ui.refineButton.toolTip = problem or _("Decode the class again on the prompts' slice (Shift+R).")
         self.ui.undoRefinementButton.enabled = parameters is not None and self.logic.canUndoRefinement(parameters)
+
+    def onClassChanged(self, index: int) -> None:
+        """Another class chosen: say again whether it can be refined."""
+        if not self._filling:
+            self.update(self._classes)
 
     def classKey(self) -> str:
         """Catalog key of the chosen class ("" when there is none)."""
