@@ -133,8 +133,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def check_output_folder(path: Path | str) -> None:
     """Fail before the (slow) run when the output's folder cannot be created or written."""
-    path = Path(path)
-    parent = path if not path.suffix else path.parent
+    parent = _output_folder(path)
     existing = parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -149,8 +148,13 @@ def create_output_folders(*paths: Path | str | None) -> None:
     who names `results/ct1/liver.seg.nrrd` expects."""
     for path in paths:
         if path is not None:
-            folder = Path(path) if not Path(path).suffix else Path(path).parent
-            folder.mkdir(parents=True, exist_ok=True)
+            _output_folder(path).mkdir(parents=True, exist_ok=True)
+
+
+def _output_folder(path: Path | str) -> Path:
+    """The folder an output goes into: the path itself for a folder output (no suffix, e.g. DICOM SEG)."""
+    path = Path(path)
+    return path if not path.suffix else path.parent
 
 
 def parse_box(text: str) -> tuple[tuple[Corner, Corner], list[str]]:

@@ -110,8 +110,13 @@ def _segment_of(segmentation: object, name: str,
         added, value = segmentation.with_segment(default_catalog().get(key))  # type: ignore[attr-defined]
         return added, key, value, True
     listed = ", ".join(segmentation.names.values()) or "none"  # type: ignore[attr-defined]
-    raise InputError(f"class {name!r} is not in {segmentation.path.name} (its segments: {listed}) and the model has "  # type: ignore[attr-defined]
-                     "no such class either; refine one of its segments or a class of the model")
+    raise _neither(name, f"{segmentation.path.name} (its segments: {listed})")  # type: ignore[attr-defined]
+
+
+def _neither(name: str, where: str) -> InputError:
+    """The refusal of a class that is neither a segment of the file nor a class of the model."""
+    return InputError(f"class {name!r} is not in {where} and the model has no such class either; refine one of its "
+                      "segments or a class of the model")
 
 
 def _catalog_key(name: str) -> str | None:
@@ -157,8 +162,7 @@ def _refine_and_write(args: argparse.Namespace, volume: object, segmentation: ob
     model = load_model(args.model, download=args.download)
     class_index = model.class_index(key) if key in model.classes else None
     if class_index is None and new:
-        raise InputError(f"class {args.classes[0]!r} is not in {Path(args.segmentation).name} and the model has no "
-                         "such class either; refine one of its segments or a class of the model")
+        raise _neither(args.classes[0], Path(args.segmentation).name)
     if class_index is None:
         _warn(f"the model has no class prompt for {key!r}; refining with the points and box alone")
     view = canonical_view(volume)  # type: ignore[arg-type]

@@ -93,9 +93,8 @@ class SegmentationFile:
         if self.kind != "seg.nrrd":
             return None
         for segment in self.source.get("segments", []):
-            tags = segment.get("tags", {})
-            if (tags.get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name")) == key:
-                return tags.get(SLICE_DIGESTS_TAG) or None
+            if _segment_key(segment) == key:
+                return segment.get("tags", {}).get(SLICE_DIGESTS_TAG) or None
         return None
 
     def check_grid(self, volume: Volume) -> None:
@@ -127,10 +126,15 @@ class SegmentationFile:
         return path
 
 
+def _segment_key(segment: dict) -> str:
+    """The class a slicerio segment stands for: our class-key tag, else its ID, else its name."""
+    return str(segment.get("tags", {}).get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name"))
+
+
 def _with_record(segment: dict, records: dict[str, str]) -> dict:
     """A slicerio segment with its record replaced when `records` has one for its class."""
     tags = segment.get("tags", {})
-    key = tags.get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name")
+    key = _segment_key(segment)
     if key not in records:
         return segment
     return dict(segment, tags={**tags, SLICE_DIGESTS_TAG: records[key]})
@@ -166,9 +170,9 @@ def _read_seg_nrrd(path: Path) -> SegmentationFile:
                          "segments in several layers); merge them into one layer in Slicer first")
     segments, names = {}, {}
     for segment in data.get("segments", []):
-        key = segment.get("tags", {}).get(CLASS_KEY_TAG) or segment.get("id") or segment.get("name")
-        segments[str(key)] = int(segment.get("labelValue", 1))
-        names[str(key)] = str(segment.get("name", key))
+        key = _segment_key(segment)
+        segments[key] = int(segment.get("labelValue", 1))
+        names[key] = str(segment.get("name", key))
     ijk_to_ras = LPS_TO_RAS @ np.asarray(data["ijkToLPS"], dtype=float)
     return SegmentationFile(path, "seg.nrrd", np.ascontiguousarray(voxels.transpose(2, 1, 0)), ijk_to_ras,
                             segments, names, data)
