@@ -78,10 +78,12 @@ class RefinementOutcome:
 
 @dataclass
 class _UndoStep:
-    """The segment's masks, before the refinement, on the slices it changed; its record before and after."""
+    """The segment's masks, before the refinement, on the slices it changed (of `view`, the volume's canonical slices
+    then); its record before and after."""
 
     segment_id: str
     created: bool
+    view: CanonicalView
     before: dict[int, np.ndarray]
     record_before: str | None
     record_after: str
@@ -164,12 +166,12 @@ class SceneRefiner:
         refinement = markups_refinement(request, key)
         volume = bridge.volume_from_node(request.volume_node)
         volume.validate()
-        labels, protected = self._labels(request, volume, segment_id)
+        view = canonical_view(volume)
+        labels, protected = self._labels(request, volume, view, segment_id)
         class_index = model.class_index(key) if key in model.classes else None
         result = refine(volume, labels, 1, refinement, model, class_index, reach=RefineOptions(
             request.propagate, protected=protected, thick_box=True), decoder=self._decoder(request, volume, model))
-        segment_id, created = self._write(request, volume, key, segment_id, labels == 1, result)
-        view = canonical_view(volume)
+        segment_id, created = self._write(request, view, key, segment_id, labels == 1, result)
         segment = request.segmentation_node.GetSegmentation().GetSegment(segment_id)
         return RefinementOutcome(segment_id, segment.GetName(), result.slices,
                                  [slice_position(view, s) for s in result.slices], result.stops, created,
@@ -186,7 +188,7 @@ class SceneRefiner:
             self._kept = (key, SliceDecoder(volume, model, EngineOptions(device=request.device, cache=cache)))
         return self._kept[1]
 
-    def _labels(self, request: RefinementRequest, volume: Volume,
+    def _labels(self, request: RefinementRequest, volume: Volume, view: CanonicalView,
                 segment_id: str | None) -> tuple[np.ndarray, set[int]]:
         """The label map refinement works on (1: the segment, 2: any other segment) and the slices edited by hand."""
         node, volume_node = request.segmentation_node, request.volume_node
@@ -200,13 +202,13 @@ class SceneRefiner:
             return labels, set()
         mask = bridge.segment_mask(node, segment_id, volume_node)
         labels[mask] = 1
-        return labels, edit_record.edited_slices(segmentation.GetSegment(segment_id), mask, canonical_view(volume))
+        return labels, edit_record.edited_slices(segmentation.GetSegment(segment_id), mask, view)
 
-    def _write(self, request: RefinementRequest, volume: Volume, key: str, segment_id: str | None,
+    def _write(self, request: RefinementRequest, view: CanonicalView, key: str, segment_id: str | None,
                previous: np.ndarray, result: RefinedLabels) -> tuple[str, bool]:
         """Put the refined mask into the segment (made now if missing) in place of `previous`, its mask before, as
         one undo step; all or nothing."""
-        node, view = request.segmentation_node, canonical_view(volume)
+        node = request.segmentation_node
         created = segment_id is None
         mask, slices = result.labels == 1, result.slices
         self.save_editor_state(node)
@@ -214,7 +216,8 @@ class SceneRefiner:
             organ = self.segmenter.catalog.get(key)
             segment_id = bridge.add_segment(node, Segment(key, organ.label_value, organ))
         segment = node.GetSegmentation().GetSegment(segment_id)
-        step = _UndoStep(segment_id, created, {s: view.apply(previous)[s].copy() for s in slices},
+        before = view.apply(previous)
+        step = _UndoStep(segment_id, created, view, {s: before[s].copy() for s in slices},
                          read_tag(segment, edit_record.DIGEST_TAG), edit_record.slice_digests(mask, view))
         try:
             bridge.replace_segment_mask(node, segment_id, mask, request.volume_node)
@@ -244,20 +247,20 @@ class SceneRefiner:
             steps.pop()
             raise InputError("the refined segment was deleted; there is nothing to undo")
         name = segment.GetName()
-        view = canonical_view(bridge.volume_from_node(volume_node))
         current = bridge.segment_mask(segmentation_node, step.segment_id, volume_node)
-        if edit_record.slice_digests(current, view) != step.record_after:
+        if edit_record.slice_digests(current, step.view) != step.record_after:
             raise InputError(f"{name} was edited after the refinement; undo those edits first (Segment Editor's Undo)")
-        self._restore(segmentation_node, volume_node, step, current, view)
+        self._restore(segmentation_node, volume_node, step, current)
         steps.pop()
         return f"Undid the refinement of {name}."
 
     @staticmethod
-    def _restore(node: Any, volume_node: Any, step: _UndoStep, current: np.ndarray, view: CanonicalView) -> None:
+    def _restore(node: Any, volume_node: Any, step: _UndoStep, current: np.ndarray) -> None:
         """Put the step's slices back (or remove the segment it created) and its record."""
         if step.created:
             node.GetSegmentation().RemoveSegment(step.segment_id)
             return
+        view = step.view
         canonical = view.apply(current.copy())
         for index, plane in step.before.items():
             canonical[index] = plane
