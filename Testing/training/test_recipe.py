@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
-from training_fakes import tiny_config, tiny_model
+from training_fakes import GRID, tiny_config, tiny_model
 
 from automedsam.errors import InputError
 from automedsam_training.config import LossConfig, load_config
@@ -100,3 +100,69 @@ def test_the_anatomy_recipe_config_loads(tmp_path):
                                                                "loss.presence": 0.5})
     assert config.model.class_prompt == {"variant": "anatomy"} and config.loss.presence == 0.5
     assert config.to_dict()["loss"]["distillation"] == 0.0
+
+
+def _labelled_batch(label_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    batch = _batch([[0, 2], [1, 0]], [[True, False], [True, True]], masks=2)
+    batch["label_map"] = label_map
+    return batch
+
+
+def test_coarse_maps_are_trained_on_every_labelled_class_of_the_slice():
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy", coarse_maps=1)
+    label_map = torch.zeros(2, 64, 64, dtype=torch.int32)
+    label_map[0, 8:24, 8:40] = 3                 # "stomach" on slice 0: not one of its decoded pairs' first class
+    label_map[1, 32:64, 0:16] = 2
+    module = TrainingModule(model, torch.arange(3), LossConfig(coarse=1.0))
+    losses = module(_labelled_batch(label_map))
+    assert set(losses) == {"mask", "presence", "coarse", "total"}
+    losses["total"].backward()
+    encoder = model.class_prompt_encoder
+    assert encoder.coarse_out.weight.grad.abs().sum() > 0 and encoder.coarse_in.weight.grad.abs().sum() > 0
+
+    grid = GRID
+    target = torch.nn.functional.adaptive_avg_pool2d(
+        (label_map[:, None] == torch.arange(1, 4)[None, :, None, None]).float(), grid)
+    usable = torch.ones(2, 3, dtype=torch.bool)
+    right = module._coarse(20 * (2 * target - 1), label_map, usable)       # confident where the labels are
+    wrong = module._coarse(20 * (1 - 2 * target), label_map, usable)
+    assert right.item() < 0.2 < 2.0 < wrong.item()
+    usable[0, 2] = False                          # stomach not labelled on slice 0: its error does not count
+    misplaced = 20 * (2 * target - 1)
+    misplaced[0, 2] *= -1
+    assert module._coarse(misplaced, label_map, usable).item() == pytest.approx(right.item(), abs=0.05)
+
+
+def test_the_coarse_loss_needs_an_encoder_with_coarse_maps(tmp_path):
+    with pytest.raises(InputError, match="coarse_maps = 1"):
+        tiny_config(tmp_path, tmp_path / "spec.json", **{"model.class_prompt": {"variant": "anatomy"},
+                                                           "loss.coarse": 1.0})
+    config = tiny_config(tmp_path, tmp_path / "spec.json", **{
+        "model.class_prompt": {"variant": "anatomy", "coarse_maps": 1}, "loss.coarse": 1.0})
+    assert config.loss.coarse == 1.0
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy")        # no coarse maps
+    module = TrainingModule(model, torch.arange(3), LossConfig(coarse=1.0))
+    with pytest.raises(InputError, match="coarse maps"):
+        module(_labelled_batch(torch.zeros(2, 64, 64, dtype=torch.int32)))
+
+
+def test_exclusive_coarse_maps_keep_an_unlabelled_class_off_the_labelled_ones():
+    """A case without stomach labels still says where the stomach is not: on the liver and spleen it labels."""
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy", coarse_maps=1)
+    label_map = torch.zeros(2, 64, 64, dtype=torch.int32)
+    label_map[:, 0:32] = 1                                           # liver on the top half of both slices
+    target = torch.nn.functional.adaptive_avg_pool2d(
+        (label_map[:, None] == torch.arange(1, 4)[None, :, None, None]).float(), GRID)
+    usable = torch.tensor([[True, True, False], [True, True, False]])   # stomach not labelled in this case
+    logits = 20 * (2 * target - 1)
+    on_liver = logits.clone()
+    on_liver[:, 2, :8] = 20.0                                        # "stomach" painted on the liver
+    off_liver = logits.clone()
+    off_liver[:, 2, 8:] = 20.0                                       # painted where nothing is labelled
+    plain = TrainingModule(model, torch.arange(3), LossConfig(coarse=1.0))
+    exclusive = TrainingModule(model, torch.arange(3), LossConfig(coarse=1.0, coarse_exclusive=True))
+    assert plain._coarse(on_liver, label_map, usable).item() == pytest.approx(
+        plain._coarse(off_liver, label_map, usable).item())
+    assert exclusive._coarse(on_liver, label_map, usable).item() > 5.0
+    assert exclusive._coarse(off_liver, label_map, usable).item() == pytest.approx(
+        plain._coarse(off_liver, label_map, usable).item(), abs=1e-3)

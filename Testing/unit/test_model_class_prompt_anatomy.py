@@ -170,3 +170,86 @@ def test_presence_learns_from_the_image_wherever_the_organ_is() -> None:
     with torch.no_grad():
         logits = encoder.eval().condition(embeddings, torch.tensor([2])).presence_logits[:, 0]
     assert ((logits > 0) == present).all(), logits
+
+
+def test_coarse_maps_follow_the_image_and_reach_the_prompts() -> None:
+    """Coarse maps (B, C, G, G) shift with the image, are kept for selected pairs, and change the prompts."""
+    encoder = _encoder(trunk_depth=1, grid_size=40, coarse_maps=1)
+    blob = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(9))
+    left, right = torch.zeros(1, 32, 40, 40), torch.zeros(1, 32, 40, 40)
+    left[..., 18:22, 10:14] = blob
+    right[..., 18:22, 20:24] = blob
+    with torch.inference_mode():
+        a, b = (encoder.condition(x, torch.tensor([1, 3])) for x in (left, right))
+        assert a.coarse_logits.shape == (1, 2, 40, 40)
+        assert torch.allclose(a.coarse_logits[..., 9:31, 9:21], b.coarse_logits[..., 9:31, 19:31], atol=1e-4)
+        assert torch.allclose(a.presence_logits, b.presence_logits, atol=1e-4)
+        both = encoder.condition(torch.cat([left, right]), torch.tensor([1, 3]))
+        picked = encoder.select(both, torch.tensor([3]))                      # slice 1, class 3
+        assert torch.equal(picked.coarse_logits[0, 0], both.coarse_logits[1, 1])
+        assert torch.allclose(encoder.prompts(picked).dense[0, 0], encoder.prompts(both).dense[1, 1], atol=1e-5)
+        plain = encoder.prompts(both._replace(coarse_logits=None))
+        assert not torch.allclose(plain.sparse, encoder.prompts(both).sparse)   # the map reaches the head
+
+
+def test_coarse_maps_learn_where_a_class_is() -> None:
+    encoder = _encoder(trunk_depth=1, coarse_maps=1).train()
+    generator = torch.Generator().manual_seed(5)
+    pattern = torch.randn(32, 3, 3, generator=generator)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = 0.3 * torch.randn(n, 32, 16, 16, generator=generator)
+        where = torch.zeros(n, 16, 16)
+        for i in range(n):
+            row, col = torch.randint(0, 13, (2,), generator=generator).tolist()
+            embeddings[i, :, row:row + 3, col:col + 3] += pattern
+            where[i, row:row + 3, col:col + 3] = 1
+        return embeddings, where
+
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    for _ in range(60):
+        embeddings, where = batch(8)
+        logits = encoder.condition(embeddings, torch.tensor([2])).coarse_logits[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, where)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    embeddings, where = batch(8)
+    with torch.no_grad():
+        found = encoder.eval().condition(embeddings, torch.tensor([2])).coarse_logits[:, 0] > 0
+    overlap = (found & (where > 0)).sum() / (found | (where > 0)).sum()
+    assert overlap > 0.7, overlap
+
+
+def test_coarse_maps_setting_is_checked_and_optional_in_old_checkpoints(model: AutoMedSAM, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="coarse_maps must be 0 or 1"):
+        ClassPromptConfig(variant="anatomy", coarse_maps=2)
+    old = {k: v for k, v in ClassPromptConfig(variant="anatomy").to_dict().items() if k != "coarse_maps"}
+    assert ClassPromptConfig.from_dict(old).coarse_maps == 0
+    torch.manual_seed(0)
+    coarse = copy.deepcopy(model)
+    coarse.class_prompt_encoder = None
+    coarse.attach_new_class_prompt_encoder(["liver", "spleen"], ClassPromptConfig(
+        variant="anatomy", trunk_channels=16, head_channels=16, class_dim=16, token_dim=32, trunk_depth=1,
+        coarse_maps=1))
+    embeddings = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        out = coarse.eval().segment_classes(embeddings, torch.tensor([1, 0]))
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "coarse.automedsam.pt", coarse), base_sha256="cd" * 32)
+    assert checkpoint.class_prompt_encoder.config.coarse_maps == 1
+    restored = copy.deepcopy(coarse)
+    restored.class_prompt_encoder = None
+    apply_checkpoint(restored, checkpoint)
+    with torch.inference_mode():
+        again = restored.eval().segment_classes(embeddings, torch.tensor([1, 0]))
+    assert torch.equal(out.logits, again.logits) and torch.equal(out.presence_logits, again.presence_logits)
+
+
+def test_a_kept_slice_class_prompt_refines_exactly_as_a_new_one(model: AutoMedSAM) -> None:
+    embeddings = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(6))
+    points, labels = torch.tensor([[100.0, 120.0]]), torch.tensor([1.0])
+    with torch.inference_mode():
+        kept = model.slice_class_prompt(embeddings, 1)
+        fresh = model.segment_prompts(embeddings, 1, points, labels, None)
+        reused = model.segment_prompts(embeddings, 1, points, labels, None, class_prompt=kept)
+    assert torch.equal(fresh.logits, reused.logits) and torch.equal(fresh.presence_logits, reused.presence_logits)

@@ -61,6 +61,10 @@ class LossConfig:
     presence: float = 1.0                     # BCE of the presence logits
     distillation: float = 0.0                 # MSE of the prompts to SAM's prompt for the ground-truth box
     denoising: float = 0.0                    # the class prompt encoder's own denoising term (variants with one)
+    coarse: float = 0.0                       # Dice + BCE of the coarse class maps (anatomy, coarse_maps = 1) on
+                                              # every labelled class of each sampled slice
+    coarse_exclusive: bool = False            # also: a class not labelled on a slice is absent from the pixels
+                                              # labelled as another class (labels never overlap)
     uncertainty_weighting: bool = False       # learned log-variance per term (Kendall et al.) instead of fixed
     presence_all_classes: bool = True         # presence BCE on every trained class of each sampled slice
     presence_balance: bool = True             # present and absent pairs weigh half each (most pairs are absent)
@@ -125,10 +129,14 @@ class TrainConfig:
             raise InputError(f"data.empty_share must be in [0, 1) and data.val_position one of {VAL_POSITIONS}")
         if self.optim.lr <= 0 or self.optim.warmup_steps < 0 or not 0 <= self.optim.min_lr_ratio <= 1:
             raise InputError("optim.lr must be positive, optim.warmup_steps >= 0, optim.min_lr_ratio in [0, 1]")
-        weights = (self.loss.mask, self.loss.presence, self.loss.distillation, self.loss.denoising)
+        weights = (self.loss.mask, self.loss.presence, self.loss.distillation, self.loss.denoising, self.loss.coarse)
         if min(weights) < 0 or not self.loss.mask + self.loss.presence + self.loss.distillation > 0:
             raise InputError("loss weights must not be negative, and one of loss.mask, loss.presence or "
                              "loss.distillation must be positive")
+        coarse_ready = self.model.init or self.model.class_prompt.get("coarse_maps")   # an init model has its own
+        if self.loss.coarse and not (coarse_ready and self.loss.presence_all_classes):
+            raise InputError("loss.coarse trains the coarse class maps: it needs model.class_prompt.coarse_maps = 1 "
+                             "and loss.presence_all_classes = true")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (TOML/JSON types), as stored in training states and checkpoints."""

@@ -15,6 +15,12 @@ frozen mask decoder's mask. See `docs/model-card.md` for the leave-one-patient-o
   dense prompt = zero-initialised 1x1 conv of f + SAM's "no mask" embedding; 2 sparse tokens = linear(class
   embedding) + linear(softmax-attention-pooled f), one attention map per token.
 
+- With `coarse_maps = 1`, a coarse mask per class on the 64 x 64 grid: a 1x1 conv of the presence features (so
+  every class costs one elementwise FiLM, like presence). Training supervises it directly with the label map of
+  every class on every sampled slice (`coarse_logits`), which is far cheaper than the decoder's mask and teaches
+  where each class is from many more examples. Presence also reads its max and mean; the per-pair head adds it
+  to its input and biases the token attention by it.
+
 Inference is deterministic and has no noise samples (`stochastic = False`); `AutoMedSAM` derives uncertainty from
 the mask probabilities instead.
 """
@@ -61,6 +67,7 @@ class AnatomyCondition(NamedTuple):
     pair_slices: torch.Tensor       # (B*C,) trunk row of each pair, b-major
     pair_classes: torch.Tensor      # (B*C,) class index of each pair
     presence_logits: torch.Tensor   # (B, C)
+    coarse_logits: torch.Tensor | None = None  # (B, C, G, G) with `coarse_maps`, else None
 
 
 class AnatomyClassPromptEncoder(ClassPromptModule):
@@ -79,7 +86,12 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         self.trunk_norm = nn.GroupNorm(norm_groups(width), width)
         self.presence_in = nn.Conv2d(width, head, 1)
         self.presence_film = nn.Linear(config.class_dim, 2 * head)
-        self.presence_head = nn.Sequential(nn.Linear(2 * head + config.class_dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        coarse = config.coarse_maps
+        self.presence_head = nn.Sequential(nn.Linear(2 * head + config.class_dim + 2 * coarse, dim), nn.GELU(),
+                                           nn.Linear(dim, 1))
+        if coarse:
+            self.coarse_out = nn.Conv2d(head, 1, 1)
+            self.coarse_in = nn.Conv2d(1, head, 1)
         self.project = nn.Conv2d(width, head, 1)
         self.film = nn.Linear(config.class_dim, 2 * head)
         self.blocks = nn.Sequential(DilatedBlock(head, 1), DilatedBlock(head, 2))
@@ -97,13 +109,14 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         self._check_inputs(embeddings, class_indices)
         b, c = embeddings.shape[0], class_indices.shape[0]
         trunk = F.gelu(self.trunk_norm(self.trunk(self.stem(embeddings))))
-        presence = self.presence(trunk, class_indices)
+        presence, coarse = self.presence(trunk, class_indices)
         slices = torch.arange(b, device=embeddings.device).repeat_interleave(c)
         classes = class_indices.to(embeddings.device).repeat(b)
-        return AnatomyCondition((b, c), trunk, slices, classes, presence)
+        return AnatomyCondition((b, c), trunk, slices, classes, presence, coarse)
 
-    def presence(self, trunk: torch.Tensor, class_indices: torch.Tensor) -> torch.Tensor:
-        """Trunk features (B, h, G, G), classes (C,) -> presence logits (B, C).
+    def presence(self, trunk: torch.Tensor,
+                 class_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Trunk features (B, h, G, G), classes (C,) -> presence logits (B, C) and coarse logits (B, C, G, G) or None.
 
         The trunk, projected and FiLM-modulated per class (elementwise: no convolution per class), is max- and
         mean-pooled over space: "is there a place that looks like class c" does not depend on where it is. (An
@@ -113,9 +126,13 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         codes = self.class_embedding(class_indices)                               # (C, class_dim)
         gamma, beta = self.presence_film(codes)[None, :, :, None, None].chunk(2, dim=2)
         features = F.gelu(self.presence_in(trunk)[:, None] * (1 + gamma) + beta)   # (B, C, head, G, G)
-        pooled = torch.cat([features.amax(dim=(-2, -1)), features.mean(dim=(-2, -1))], dim=-1)
-        codes = codes[None].expand(trunk.shape[0], -1, -1).to(pooled)
-        return self.presence_head(torch.cat([pooled, codes], dim=-1)).squeeze(-1)
+        parts = [features.amax(dim=(-2, -1)), features.mean(dim=(-2, -1)),
+                 codes[None].expand(trunk.shape[0], -1, -1).to(features)]
+        coarse = None
+        if self.config.coarse_maps:
+            coarse = self.coarse_out(features.flatten(0, 1)).view(*features.shape[:2], *features.shape[-2:])
+            parts.append(torch.stack([coarse.amax(dim=(-2, -1)), coarse.sigmoid().mean(dim=(-2, -1))], dim=-1))
+        return self.presence_head(torch.cat(parts, dim=-1)).squeeze(-1), coarse
 
     def presence_before_prompts(self, condition: AnatomyCondition) -> torch.Tensor:
         """Presence is known from the trunk, before any prompt is made."""
@@ -124,8 +141,12 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
     def select(self, condition: AnatomyCondition, pairs: torch.Tensor) -> AnatomyCondition:
         """Only the flat (b-major) pairs `pairs`, as (len(pairs), 1) pairs sharing the trunk."""
         pairs = pairs.to(condition.pair_slices.device)
+        coarse = condition.coarse_logits
+        if coarse is not None:
+            coarse = coarse.flatten(0, 1)[pairs, None]
         return AnatomyCondition((len(pairs), 1), condition.trunk, condition.pair_slices[pairs],
-                                condition.pair_classes[pairs], condition.presence_logits.flatten()[pairs, None])
+                                condition.pair_classes[pairs], condition.presence_logits.flatten()[pairs, None],
+                                coarse)
 
     def prompts(self, condition: AnatomyCondition, sample: int | None = None) -> PromptEmbeddings:
         """Class heads on every pair of the condition -> (B, C, ...) prompts; `sample` is ignored (no noise)."""
@@ -133,9 +154,16 @@ class AnatomyClassPromptEncoder(ClassPromptModule):
         codes = self.class_embedding(condition.pair_classes)                      # (N, class_dim)
         gamma, beta = self.film(codes)[:, :, None, None].chunk(2, dim=1)
         projected = self.project(condition.trunk)[condition.pair_slices]          # (N, head, G, G)
-        features = self.blocks(projected * (1 + gamma) + beta)
-        features = F.gelu(self.out_norm(features))
-        attention = self.token_attention(features).flatten(2).softmax(dim=-1)    # (N, 2, G*G)
+        features = projected * (1 + gamma) + beta
+        coarse = None
+        if condition.coarse_logits is not None:
+            coarse = condition.coarse_logits.flatten(0, 1)[:, None]               # (N, 1, G, G)
+            features = features + self.coarse_in(coarse.sigmoid())
+        features = F.gelu(self.out_norm(self.blocks(features)))
+        attention = self.token_attention(features)
+        if coarse is not None:
+            attention = attention + coarse
+        attention = attention.flatten(2).softmax(dim=-1)                          # (N, 2, G*G)
         pooled = torch.einsum("ntg,nhg->nth", attention, features.flatten(2))     # (N, 2, head)
         sparse = self.token_from_class(codes).unflatten(-1, (2, -1)) + self.token_from_pool(pooled)
         dense = self.dense_out(features) + self.dense_bias[None, :, None, None].to(features.dtype)

@@ -44,17 +44,22 @@ class ClassPromptConfig:
     sample_seed: int = 0              # seed of noise sample n is sample_seed + n
     official_timesteps: int = 100     # "official" variant: forward noise steps T
     trunk_depth: int = 4              # "anatomy" variant: dilated residual blocks of the trunk
+    coarse_maps: int = 0              # "anatomy" variant: 1 = a coarse mask per class on the grid (trained directly
+                                      # on the labels), read by presence and by the prompt head; 0 = none
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ModelError(f"unknown class prompt encoder variant {self.variant!r}; expected one of "
                              f"{', '.join(VARIANTS)}")
-        positive = [f.name for f in fields(self) if f.type in ("int", "float") and f.name != "sample_seed"]
+        positive = [f.name for f in fields(self)
+                    if f.type in ("int", "float") and f.name not in ("sample_seed", "coarse_maps")]
         bad = [name for name in positive if not getattr(self, name) > 0]
         if bad:
             raise ModelError(f"class prompt configuration values must be positive: {', '.join(bad)}")
         if self.token_dim % self.denoiser_heads:
             raise ModelError(f"token_dim {self.token_dim} must be a multiple of denoiser_heads {self.denoiser_heads}")
+        if self.coarse_maps not in (0, 1):
+            raise ModelError(f"coarse_maps must be 0 or 1, got {self.coarse_maps}")
         if self.grid_size % 2:
             raise ModelError(f"grid_size {self.grid_size} must be even (the trunk halves it once)")
 

@@ -144,6 +144,7 @@ class SamplePlan(Dataset):
             "all_usable": torch.from_numpy(targets.usable[item].copy()),
             "boxes": torch.from_numpy(targets.boxes[item][classes]),
             "masks": torch.from_numpy(np.stack([masks == c + 1 for c in classes[:m]]).astype(np.float32)),
+            "label_map": torch.from_numpy(masks.astype(np.int32)),             # (S, S) class index + 1
             "item": torch.tensor(item),
             "noise_seed": torch.tensor(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % (2**31)),
         }

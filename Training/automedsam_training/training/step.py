@@ -5,7 +5,9 @@ parameter are synchronised by DDP's hooks. The prompts that get the mask loss co
 inference uses (`prompts(condition)`), for the first `data.mask_pairs` pairs of each sample. With
 `loss.presence_all_classes` the presence logits of every trained class are computed on each sampled slice (the
 shared trunk runs once per slice) and all of them get the presence loss. The optional box distillation and
-denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box.
+denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box. The coarse term
+(`loss.coarse`, anatomy encoders with `coarse_maps`) trains the coarse map of every labelled class of each sampled
+slice on its label map, pooled to the embedding grid.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
+from automedsam.errors import InputError
 from automedsam.model import AutoMedSAM
 
 from ..config import LossConfig
@@ -27,7 +31,7 @@ from .losses import (
     presence_loss,
 )
 
-LOSS_TERMS = ("mask", "presence", "distillation", "denoising")
+LOSS_TERMS = ("mask", "presence", "distillation", "denoising", "coarse")
 
 
 class SamplePrompts(NamedTuple):
@@ -37,6 +41,7 @@ class SamplePrompts(NamedTuple):
     dense: torch.Tensor
     presence_logits: torch.Tensor
     denoising: torch.Tensor
+    coarse: torch.Tensor | None = None   # (B, C, G, G) coarse logits of every trained class, when there are any
 
 
 def make_weighting(loss: LossConfig) -> nn.Module:
@@ -77,6 +82,8 @@ class TrainingModule(nn.Module):
                                                      present)
         if self.loss.denoising:
             losses["denoising"] = prompts.denoising
+        if self.loss.coarse:
+            losses["coarse"] = self._coarse(prompts.coarse, batch["label_map"], batch["all_usable"])
         losses["total"] = self.weighting(losses)
         return losses
 
@@ -87,6 +94,24 @@ class TrainingModule(nn.Module):
         if not self.loss.presence_balance:
             return per_sample_mean(values, usable)
         return 0.5 * (per_sample_mean(values, usable & present) + per_sample_mean(values, usable & ~present))
+
+    def _coarse(self, logits: torch.Tensor | None, label_map: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """Dice + BCE of each class's coarse logits (B, C, G, G) against the fraction of each grid cell it covers in
+        the label map (B, S, S) of class index + 1, over the classes labelled on each slice. With
+        `loss.coarse_exclusive`, a class not labelled on a slice (a case without its labels, a sliver) still learns
+        that it is not where another class is: BCE towards 0, weighted by the other classes' share of each cell."""
+        if logits is None:
+            raise InputError("loss.coarse needs a class prompt encoder with coarse maps (model.class_prompt: "
+                             "variant = \"anatomy\", coarse_maps = 1) and loss.presence_all_classes = true")
+        values = torch.arange(1, logits.shape[1] + 1, device=label_map.device)
+        one_hot = (label_map[:, None] == values[None, :, None, None]).to(logits.dtype)
+        target = F.adaptive_avg_pool2d(one_hot, logits.shape[-2:])
+        loss = per_sample_mean(mask_loss(logits, target), usable)
+        if not self.loss.coarse_exclusive:
+            return loss
+        others = F.adaptive_avg_pool2d((label_map[:, None] > 0).to(logits.dtype), logits.shape[-2:]) - target
+        negative = (F.softplus(logits.float()) * others).sum(dim=(-2, -1)) / others.sum(dim=(-2, -1)).clamp_min(1.0)
+        return loss + per_sample_mean(negative, ~usable & (others.sum(dim=(-2, -1)) > 0))
 
     @property
     def _needs_boxes(self) -> bool:
@@ -103,9 +128,9 @@ class TrainingModule(nn.Module):
                  targets: tuple[torch.Tensor, torch.Tensor] | None, count: int) -> SamplePrompts:
         """Per sample: the trunk once, prompts of its first `count` pairs, presence, the denoising term."""
         parts = [self._sample(embeddings[i:i + 1], batch, i, targets, count) for i in range(embeddings.shape[0])]
-        sparse, dense, presence, denoising = zip(*parts, strict=True)
+        sparse, dense, presence, denoising, coarse = zip(*parts, strict=True)
         return SamplePrompts(torch.cat(sparse), torch.cat(dense), torch.cat(presence),
-                             torch.stack(denoising).float().mean())
+                             torch.stack(denoising).float().mean(), None if coarse[0] is None else torch.cat(coarse))
 
     def _sample(self, embedding: torch.Tensor, batch: dict[str, torch.Tensor], i: int,
                 targets: tuple[torch.Tensor, torch.Tensor] | None, count: int) -> SamplePrompts:
@@ -124,4 +149,5 @@ class TrainingModule(nn.Module):
             selected = encoder.select(condition, positions)
             denoising = encoder.condition_loss(selected, targets[0][i][:, None], targets[1], generator,
                                                batch["present"][i][:, None]).sparse
-        return SamplePrompts(prompt.sparse.transpose(0, 1), prompt.dense.transpose(0, 1), presence, denoising)
+        coarse = getattr(condition, "coarse_logits", None) if every else None
+        return SamplePrompts(prompt.sparse.transpose(0, 1), prompt.dense.transpose(0, 1), presence, denoising, coarse)
