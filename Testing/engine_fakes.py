@@ -99,8 +99,14 @@ class FakeModel:
         return BoxOutput(F.interpolate(stacked, size=(size, size)), torch.ones(len(boxes), 1))
 
 
+    def slice_class_prompt(self, embeddings: torch.Tensor, class_index: int) -> tuple[int, int]:
+        """Stands for the class prompt: counts how often one is made (`class_prompts_made`)."""
+        self.class_prompts_made = getattr(self, "class_prompts_made", 0) + 1
+        return (class_index, self.class_prompts_made)
+
     def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
-                        point_labels: torch.Tensor, box: torch.Tensor | None) -> PromptOutput:
+                        point_labels: torch.Tensor, box: torch.Tensor | None,
+                        class_prompt: object = None) -> PromptOutput:
         """A box: 'inside the box and not air'; else the class's band (or 'not air' without a class); negative
         points clear a 5-pixel square around them. Presence: the class's band is on the slice."""
         if box is not None:

@@ -1,8 +1,10 @@
 """Refinement benchmark: one refinement (the mask decoder with the class prompt plus point and box tokens, on a
 cached slice embedding) against one encoder pass of the same slice, on this machine's CPU, printed as a ratio.
 
-Issue 14 asks a refinement to take under 10 % of an encoder pass on the CPU. Runs are interleaved (encode, refine,
-encode, ...) so that load from other processes hits both alike; read the ratio, not the absolute times.
+Issue 14 asks a refinement to take under 10 % of an encoder pass on the CPU. Two refinements are timed: the first
+click on a slice (the class prompt is made) and a later click on it (the kept class prompt: the mask decoder only).
+Runs are interleaved (encode, first click, later click, encode, ...) so that load from other processes hits them
+alike; read the ratios, not the absolute times.
 
     python benchmarks/bench_refine.py [--repeats 5] [--backend torch|openvino|auto]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -40,19 +43,25 @@ def main() -> None:
     prompts = SlicePrompts(index, ((rows // 2, cols // 2, True), (rows // 3, cols // 3, False)),
                            (rows // 4, cols // 4, 3 * rows // 4, 3 * cols // 4))
     decoder.decode(index, model.class_index("liver"), prompts)   # warm-up; caches the embedding
-    encode, refine = [], []
+    liver = model.class_index("liver")
+    encode, first, later = [], [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
-        decoder.runner.encode(images)
-        encode.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        decoder.decode(index, model.class_index("liver"), prompts)
-        refine.append(time.perf_counter() - start)
-    e, r = statistics.median(encode), statistics.median(refine)
+        encode.append(_timed(lambda: decoder.runner.encode(images)))
+        decoder.class_prompts.clear()
+        first.append(_timed(lambda: decoder.decode(index, liver, prompts)))
+        later.append(_timed(lambda: decoder.decode(index, liver, prompts)))
+    e, f, n = (statistics.median(times) for times in (encode, first, later))
     print(f"encoder pass ({decoder.runner.plan.label}): {e * 1000:.0f} ms; refinement (class prompt + 2 points + "
-          f"box, cached embedding): {r * 1000:.0f} ms; ratio {r / e:.3f} (target < 0.10) "
-          f"[{torch.get_num_threads()} threads, {args.repeats} repeats, medians]")
+          f"box, cached embedding): first click on the slice {f * 1000:.0f} ms, ratio {f / e:.3f}; later click "
+          f"{n * 1000:.0f} ms, ratio {n / e:.3f} (target < 0.10) [{torch.get_num_threads()} threads, "
+          f"{args.repeats} repeats, medians]")
     print(f"encoder runs during refinements: {'none' if decoder.cache.misses == 1 else decoder.cache.misses - 1}")
+
+
+def _timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

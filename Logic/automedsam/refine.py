@@ -17,8 +17,10 @@ which claims background voxels and the class's own, never another segment's.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +162,11 @@ def slice_mask(labels_kji: np.ndarray, view: CanonicalView, slice_index: int, la
 
 class SliceDecoder:
     """One volume's slices for refinement: normalised once, each slice encoded once (through the runner of the
-    options' plan, or taken from `options.cache`), decoded with a class prompt plus point/box tokens."""
+    options' plan, or taken from `options.cache`), decoded with a class prompt plus point/box tokens. The class
+    prompts of the last `CLASS_PROMPTS_KEPT` (slice, class) pairs are kept: the next click on a slice costs only the
+    mask decoder."""
+
+    CLASS_PROMPTS_KEPT = 8   # ~4 MB each (the dense prompt)
 
     def __init__(self, volume: Volume, model: object, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
@@ -174,6 +180,7 @@ class SliceDecoder:
                                           self.options.warn)
         self.cache = self.options.cache if self.options.cache is not None else EmbeddingCache()
         self.cache_key = EmbeddingCache.volume_key(volume, self.config.to_dict(), self.runner.encoder_id)
+        self.class_prompts: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     def embedding(self, slice_index: int) -> torch.Tensor:
         """The slice's image embedding (1, 256, 64, 64) on the runner's device, encoded only when not cached."""
@@ -186,6 +193,18 @@ class SliceDecoder:
             cached = self.cache.get(self.cache_key, slice_index)
         return torch.from_numpy(np.asarray(cached, dtype=np.float32))[None].to(self.runner.device)
 
+    def class_prompt(self, slice_index: int, class_index: int | None, embedding: torch.Tensor) -> Any:
+        """The slice's class prompt (`AutoMedSAM.slice_class_prompt`), computed once per kept (slice, class)."""
+        if class_index is None:
+            return None
+        key = (slice_index, class_index)
+        if key not in self.class_prompts:
+            self.class_prompts[key] = self.model.slice_class_prompt(embedding, class_index)  # type: ignore[attr-defined]
+            while len(self.class_prompts) > self.CLASS_PROMPTS_KEPT:
+                self.class_prompts.popitem(last=False)
+        self.class_prompts.move_to_end(key)
+        return self.class_prompts[key]
+
     def decode(self, slice_index: int, class_index: int | None,
                prompts: SlicePrompts) -> tuple[np.ndarray, float | None]:
         """The class's mask (R, C) on the slice from the prompts, and the presence probability (None without a class
@@ -196,9 +215,11 @@ class SliceDecoder:
         labels = np.array([1.0 if positive else 0.0 for *_, positive in prompts.points], dtype=np.float32)
         box = None if prompts.box is None else torch.from_numpy(box_to_model(prompts.box, info)).to(device)
         with torch.inference_mode():
+            embedding = self.embedding(slice_index)
             output = self.model.segment_prompts(  # type: ignore[attr-defined]
-                self.embedding(slice_index), class_index, torch.from_numpy(points.reshape(-1, 2)).to(device),
-                torch.from_numpy(labels).to(device), box)
+                embedding, class_index, torch.from_numpy(points.reshape(-1, 2)).to(device),
+                torch.from_numpy(labels).to(device), box, class_prompt=self.class_prompt(slice_index, class_index,
+                                                                                         embedding))
             probability = torch.sigmoid(from_model_output(output.logits.float(), info))[0, 0].cpu().numpy()
         presence = None if output.presence_logits is None else float(torch.sigmoid(output.presence_logits.float())[0])
         return probability > self.options.threshold, presence

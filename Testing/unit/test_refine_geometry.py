@@ -83,3 +83,22 @@ def test_propagation_stops_before_a_slice_edited_by_hand():
     unprotected = refine(volume, labels, 1, refinement, model, model.class_index("liver"),
                          EngineOptions(device="cpu"), RefineOptions(propagate=True))
     assert 4 in unprotected.slices and 3 in unprotected.slices
+
+
+def test_a_slices_class_prompt_is_made_once_for_its_clicks_and_only_the_last_few_are_kept():
+    from automedsam.refine import SliceDecoder, SlicePrompts
+
+    volume, model = phantom(), FakeModel()
+    decoder = SliceDecoder(volume, model, EngineOptions(device="cpu"))
+    click = SlicePrompts(5, ((20, 14, True),), None)
+    first, _ = decoder.decode(5, model.class_index("liver"), click)
+    again, _ = decoder.decode(5, model.class_index("liver"), SlicePrompts(5, ((21, 14, True),), None))
+    assert model.class_prompts_made == 1 and np.array_equal(first, again)
+    decoder.decode(5, None, click)                                         # no class: no class prompt
+    assert model.class_prompts_made == 1
+    for s in range(volume.array.shape[0]):
+        decoder.decode(s, model.class_index("liver"), SlicePrompts(s, ((20, 14, True),), None))
+    assert model.class_prompts_made == volume.array.shape[0]               # slice 5's prompt was still kept
+    assert len(decoder.class_prompts) == SliceDecoder.CLASS_PROMPTS_KEPT
+    decoder.decode(0, model.class_index("liver"), SlicePrompts(0, ((20, 14, True),), None))
+    assert model.class_prompts_made == volume.array.shape[0] + 1           # slice 0's had been dropped

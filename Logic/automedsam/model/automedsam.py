@@ -61,6 +61,15 @@ class PromptOutput(NamedTuple):
     presence_logits: torch.Tensor | None    # (1,) > 0: the class is on the slice; None without a class prompt
 
 
+class SliceClassPrompt(NamedTuple):
+    """One slice's class prompt (`AutoMedSAM.slice_class_prompt`): what every refinement of that slice and class
+    reuses, so that a second click costs only the mask decoder."""
+
+    presence_logits: torch.Tensor           # (1,)
+    sparse: torch.Tensor                    # (1, 2, 256)
+    dense: torch.Tensor                     # (1, 256, 64, 64)
+
+
 class ClassPairs(NamedTuple):
     """The (slice, class) pairs of one class-prompt call that are decoded, with their prompts (`class_pairs`)."""
 
@@ -242,11 +251,18 @@ class AutoMedSAM(LiteMedSAM):
         noise = (self.decode_pairs(images, *prompts) for prompts in self.noise_prompts(pairs, noise_samples))
         return self.class_output(pairs, logits, noise, noise_samples)
 
+    def slice_class_prompt(self, embeddings: torch.Tensor, class_index: int) -> SliceClassPrompt:
+        """The class prompt of `class_index` on one slice's embedding (1, 256, 64, 64)."""
+        pairs = self.class_pairs(embeddings, torch.tensor([class_index], device=embeddings.device))
+        return SliceClassPrompt(pairs.presence_logits[:, 0], pairs.sparse, pairs.dense)
+
     def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
-                        point_labels: torch.Tensor, box: torch.Tensor | None) -> PromptOutput:
+                        point_labels: torch.Tensor, box: torch.Tensor | None,
+                        class_prompt: SliceClassPrompt | None = None) -> PromptOutput:
         """One slice's refinement: its embedding (1, 256, 64, 64), the class prompt of `class_index` (None: SAM's
-        no-mask prompt alone) plus SAM's tokens of `points` (P, 2) x, y in model-input pixels with `point_labels`
-        (P,) 1 inside / 0 outside, and of an optional `box` (4,) x0, y0, x1, y1 -> `PromptOutput`.
+        no-mask prompt alone; `class_prompt`: that prompt already computed for this slice) plus SAM's tokens of
+        `points` (P, 2) x, y in model-input pixels with `point_labels` (P,) 1 inside / 0 outside, and of an optional
+        `box` (4,) x0, y0, x1, y1 -> `PromptOutput`.
 
         The class prompt's dense embedding is kept and the user's tokens are appended to its sparse tokens, except
         that a box replaces the class's two sparse tokens: those were distilled to stand for a box of the class,
@@ -258,9 +274,9 @@ class AutoMedSAM(LiteMedSAM):
         presence = None
         sparse = user_sparse
         if class_index is not None:
-            pairs = self.class_pairs(embeddings, torch.tensor([class_index], device=embeddings.device))
-            presence, dense = pairs.presence_logits[:, 0], pairs.dense
-            sparse = user_sparse if user_box is not None else torch.cat([pairs.sparse, user_sparse], dim=1)
+            prompt = class_prompt if class_prompt is not None else self.slice_class_prompt(embeddings, class_index)
+            presence, dense = prompt.presence_logits, prompt.dense
+            sparse = user_sparse if user_box is not None else torch.cat([prompt.sparse, user_sparse], dim=1)
         logits, _ = self.decode(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
         return PromptOutput(logits, presence)
 
