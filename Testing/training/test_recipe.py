@@ -166,3 +166,31 @@ def test_exclusive_coarse_maps_keep_an_unlabelled_class_off_the_labelled_ones():
     assert exclusive._coarse(on_liver, label_map, usable).item() > 5.0
     assert exclusive._coarse(off_liver, label_map, usable).item() == pytest.approx(
         plain._coarse(off_liver, label_map, usable).item(), abs=1e-3)
+
+
+def test_presence_prior_takes_the_class_frequency_out_of_the_presence_logit():
+    """With logit adjustment a class's training log-odds is added to its logit in the loss: the constant logit that
+    fits best is 0 (no evidence either way), so a head cannot lower the loss by learning how often a class occurs."""
+    from types import SimpleNamespace
+
+    from automedsam_training.data.training_set import presence_log_odds
+
+    present = np.array([[1, 0, 0], [1, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=bool)
+    usable = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]], dtype=bool)
+    data = SimpleNamespace(targets=SimpleNamespace(present=present, usable=usable),
+                           is_val=np.array([False, False, False, True]))
+    odds = presence_log_odds(data)
+    assert odds == pytest.approx(np.log([0.99 / 0.01, 0.5, 0.5]), rel=1e-5)   # 3/3 (clipped), 1/3, 1/3
+
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy")
+    batch = _batch([[0, 2], [1, 0]], [[True, False], [True, True]], masks=2)
+    prior = torch.tensor([2.0, -1.0, 0.5])
+    plain = TrainingModule(model, torch.arange(3), LossConfig(presence_balance=False))
+    adjusted = TrainingModule(model, torch.arange(3), LossConfig(presence_balance=False, presence_prior=True), prior)
+    with torch.no_grad():
+        logits = model.class_prompt_encoder.condition(batch["embedding"], torch.arange(3)).presence_logits
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits + prior, batch["all_present"].float())
+    assert adjusted(batch)["presence"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert not torch.isclose(plain(batch)["presence"], adjusted(batch)["presence"])
+    with pytest.raises(InputError, match="log-odds"):
+        TrainingModule(model, torch.arange(3), LossConfig(presence_prior=True))

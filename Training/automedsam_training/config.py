@@ -68,6 +68,9 @@ class LossConfig:
     uncertainty_weighting: bool = False       # learned log-variance per term (Kendall et al.) instead of fixed
     presence_all_classes: bool = True         # presence BCE on every trained class of each sampled slice
     presence_balance: bool = True             # present and absent pairs weigh half each (most pairs are absent)
+    presence_prior: bool = False              # logit adjustment: each class's training log-odds of presence is
+                                              # added to its logit in the loss, so the head learns what the image
+                                              # shows, not how often the class is on a slice
 
 
 @dataclass(frozen=True)

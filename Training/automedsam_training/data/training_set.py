@@ -85,6 +85,15 @@ def build_training_set(cases: Sequence[PreparedCase], store: EmbeddingStore, mod
                        np.array(parts["slice"]), np.array(parts["variant"]), targets, np.array(parts["val"]), ranges)
 
 
+def presence_log_odds(data: TrainingSet, clip: float = 0.01) -> np.ndarray:
+    """(C,) log-odds that each class is present on a training slice where it is labelled (`loss.presence_prior`);
+    frequencies are clipped to [clip, 1 - clip]."""
+    train = ~data.is_val[:, None] & data.targets.usable
+    present = (data.targets.present & train).sum(axis=0)
+    frequency = np.clip(present / np.maximum(train.sum(axis=0), 1), clip, 1 - clip)
+    return np.log(frequency / (1 - frequency)).astype(np.float32)
+
+
 class SamplePlan(Dataset):
     """Class-balanced training samples of one epoch (call `set_epoch` before iterating an epoch)."""
 

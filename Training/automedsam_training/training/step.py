@@ -4,7 +4,10 @@
 parameter are synchronised by DDP's hooks. The prompts that get the mask loss come from the deterministic path that
 inference uses (`prompts(condition)`), for the first `data.mask_pairs` pairs of each sample. With
 `loss.presence_all_classes` the presence logits of every trained class are computed on each sampled slice (the
-shared trunk runs once per slice) and all of them get the presence loss. The optional box distillation and
+shared trunk runs once per slice) and all of them get the presence loss. With `loss.presence_prior` each class's
+training log-odds of presence is added to its logit in the loss (logit adjustment, Menon et al. 2021): a class prior
+alone no longer lowers the loss (the first anatomy runs learned only that: the same score on every slice), and the
+model's own logit, used at inference, is the image's evidence. The optional box distillation and
 denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box. The coarse term
 (`loss.coarse`, anatomy encoders with `coarse_maps`) trains the coarse map of every labelled class of each sampled
 slice on its label map, pooled to the embedding grid.
@@ -55,12 +58,17 @@ def make_weighting(loss: LossConfig) -> nn.Module:
 class TrainingModule(nn.Module):
     """The model and the loss weighting; `forward(batch)` returns the scalar losses and their total."""
 
-    def __init__(self, model: AutoMedSAM, model_indices: torch.Tensor, loss: LossConfig | None = None) -> None:
+    def __init__(self, model: AutoMedSAM, model_indices: torch.Tensor, loss: LossConfig | None = None,
+                 presence_log_odds: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss = loss or LossConfig()
         self.weighting = make_weighting(self.loss)
         self.register_buffer("model_indices", model_indices.long(), persistent=False)
+        if self.loss.presence_prior and presence_log_odds is None:
+            raise InputError("loss.presence_prior needs the classes' presence log-odds of the training set")
+        prior = presence_log_odds if self.loss.presence_prior else torch.zeros(len(model_indices))
+        self.register_buffer("presence_log_odds", prior.float(), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch of B samples x K classes (see `SamplePlan.__getitem__`) -> {"mask", ..., "total"} scalars."""
@@ -74,9 +82,11 @@ class TrainingModule(nn.Module):
         logits = logits.view(b, m, *logits.shape[-2:])
         losses = {"mask": per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m])}
         if self.loss.presence_all_classes:
-            losses["presence"] = self._presence(prompts.presence_logits, batch["all_present"], batch["all_usable"])
+            presence = prompts.presence_logits + self.presence_log_odds
+            losses["presence"] = self._presence(presence, batch["all_present"], batch["all_usable"])
         else:
-            losses["presence"] = self._presence(prompts.presence_logits, present, usable)
+            presence = prompts.presence_logits + self.presence_log_odds[batch["classes"]]
+            losses["presence"] = self._presence(presence, present, usable)
         if self.loss.distillation:
             losses["distillation"] = per_sample_mean(distillation_loss(prompts.sparse, prompts.dense, *targets),
                                                      present)

@@ -37,7 +37,7 @@ from ..data.alignment import read_labelled_volume
 from ..data.dataset_spec import DatasetSpec, load_spec
 from ..data.embedding_store import EmbeddingStore
 from ..data.prepared_case import PreparedCase, SplitConfig
-from ..data.training_set import SamplePlan, TrainingSet, build_training_set
+from ..data.training_set import SamplePlan, TrainingSet, build_training_set, presence_log_odds
 from ..model.export import export_model
 from ..model.training_model import build_training_model, freeze_for_training, load_trained_state, trained_state
 from .distributed import DistributedContext
@@ -174,7 +174,8 @@ class Trainer:
                                           shuffle=True, seed=config.run.seed, drop_last=True)
         self.loader = DataLoader(self.plan, batch_size=config.optim.batch_size, sampler=self.sampler, num_workers=0)
         indices = torch.tensor([self.model.class_index(key) for key in self.classes])
-        self.module = TrainingModule(self.model, indices, config.loss).to(self.device)
+        prior = torch.from_numpy(presence_log_odds(self.data)) if config.loss.presence_prior else None
+        self.module = TrainingModule(self.model, indices, config.loss, prior).to(self.device)
         self.wrapped = self.module
         if self.context.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
