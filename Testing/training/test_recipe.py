@@ -194,3 +194,18 @@ def test_presence_prior_takes_the_class_frequency_out_of_the_presence_logit():
     assert not torch.isclose(plain(batch)["presence"], adjusted(batch)["presence"])
     with pytest.raises(InputError, match="log-odds"):
         TrainingModule(model, torch.arange(3), LossConfig(presence_prior=True))
+
+
+def test_without_a_mask_weight_the_decoder_is_not_run():
+    """Presence and coarse maps can be trained alone, many slices a step, without the mask decoder's cost."""
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy", coarse_maps=1)
+
+    def no_decoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the mask decoder ran")
+
+    model.decode = no_decoder
+    label_map = torch.zeros(2, 64, 64, dtype=torch.int32)
+    label_map[:, 10:30, 10:30] = 1
+    losses = TrainingModule(model, torch.arange(3), LossConfig(mask=0.0, coarse=1.0))(_labelled_batch(label_map))
+    assert set(losses) == {"presence", "coarse", "total"}
+    assert losses["total"].item() == pytest.approx(losses["presence"].item() + losses["coarse"].item(), rel=1e-5)

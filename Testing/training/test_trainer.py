@@ -176,3 +176,18 @@ def test_the_mask_decoder_can_be_trained_too(tmp_path, spec_path):
     apply_checkpoint(restored, checkpoint)
     assert restored.mask_decoder_tuned and torch.equal(restored.mask_decoder.state_dict()["iou_token.weight"],
                                                       tuned["iou_token.weight"])
+
+
+def test_head_steps_train_presence_and_coarse_maps_before_the_mask(tmp_path, spec_path):
+    """The first `optim.head_steps` steps skip the mask loss (no decoder); the coarse maps learn from the labels and
+    presence by logit adjustment; then the mask loss joins."""
+    overrides = {"optim.steps": 8, "optim.head_steps": 5, "loss.coarse": 1.0, "loss.coarse_exclusive": True,
+                 "loss.presence_prior": True, "loss.presence_balance": False,
+                 "model.class_prompt": {"variant": "anatomy", "coarse_maps": 1}}
+    tiny_trainer(tmp_path, spec_path, **overrides).run()
+    rows = read_rows(tmp_path / "run" / "train_log.csv")
+    masks = [float(r["loss/mask"]) for r in rows]
+    assert all(math.isnan(m) for m in masks[:5]) and all(math.isfinite(m) for m in masks[5:])
+    assert all(math.isfinite(float(r["loss/coarse"])) and math.isfinite(float(r["loss/presence"])) for r in rows)
+    with pytest.raises(InputError, match="head_steps"):
+        tiny_config(tmp_path, spec_path, **{**overrides, "optim.head_steps": 8})

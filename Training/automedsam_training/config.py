@@ -87,6 +87,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.05                # cosine schedule ends at lr * min_lr_ratio
     grad_clip: float = 1.0                    # max gradient norm; 0 disables clipping
     amp: bool = True                          # mixed precision on CUDA (bf16, or fp16 with a gradient scaler)
+    head_steps: int = 0                       # the first steps train presence and coarse maps only (no decoder)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class TrainConfig:
         bad = [name for name, value in positive.items() if value < 1]
         if bad:
             raise InputError(f"configuration values must be at least 1: {', '.join(bad)}")
+        if not 0 <= self.optim.head_steps < self.optim.steps:
+            raise InputError("optim.head_steps must be in [0, optim.steps): the steps that train presence and coarse "
+                             "maps alone come before the steps with the mask loss")
         if self.data.mask_pairs > self.data.classes_per_slice:
             raise InputError("data.mask_pairs cannot exceed data.classes_per_slice")
         if not 0.0 <= self.data.empty_share < 1.0 or self.data.val_position not in VAL_POSITIONS:

@@ -83,8 +83,10 @@ class FixedWeighting(nn.Module):
         self.names = tuple(self.fixed)
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scalar total of the named scalar losses (every name with a weight must be given)."""
-        return torch.stack([weight * losses[name].float() for name, weight in self.fixed.items()]).sum()
+        """Scalar total of the named scalar losses (a term not computed this step, e.g. the mask during
+        `optim.head_steps`, counts 0)."""
+        terms = [weight * losses[name].float() for name, weight in self.fixed.items() if name in losses]
+        return torch.stack(terms).sum()
 
     def weights(self) -> dict[str, float]:
         """The configured weight of each term."""
@@ -100,9 +102,11 @@ class UncertaintyWeighting(nn.Module):
         self.log_variance = nn.Parameter(torch.zeros(len(self.names)))
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scalar total of the named scalar losses (every name of `names` must be given)."""
-        stacked = torch.stack([losses[name].float() for name in self.names])
-        return (0.5 * torch.exp(-self.log_variance) * stacked + 0.5 * self.log_variance).sum()
+        """Scalar total of the named scalar losses (a term not computed this step counts 0)."""
+        given = torch.tensor([name in losses for name in self.names], device=self.log_variance.device)
+        stacked = torch.stack([losses[name].float() if name in losses else self.log_variance.new_zeros(())
+                               for name in self.names])
+        return ((0.5 * torch.exp(-self.log_variance) * stacked + 0.5 * self.log_variance) * given).sum()
 
     def weights(self) -> dict[str, float]:
         """The current effective weight 0.5 exp(-s_i) of each term."""

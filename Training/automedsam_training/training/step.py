@@ -7,10 +7,11 @@ inference uses (`prompts(condition)`), for the first `data.mask_pairs` pairs of 
 shared trunk runs once per slice) and all of them get the presence loss. With `loss.presence_prior` each class's
 training log-odds of presence is added to its logit in the loss (logit adjustment, Menon et al. 2021): a class prior
 alone no longer lowers the loss (the first anatomy runs learned only that: the same score on every slice), and the
-model's own logit, used at inference, is the image's evidence. The optional box distillation and
-denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box. The coarse term
-(`loss.coarse`, anatomy encoders with `coarse_maps`) trains the coarse map of every labelled class of each sampled
-slice on its label map, pooled to the embedding grid.
+model's own logit, used at inference, is the image's evidence. During `optim.head_steps` (`heads_only`) the mask
+loss and the decoder are skipped: presence and coarse maps first learn what the slice shows, cheaply. The optional
+box distillation and denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box. The
+coarse term (`loss.coarse`, anatomy encoders with `coarse_maps`) trains the coarse map of every labelled class of
+each sampled slice on its label map, pooled to the embedding grid.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class TrainingModule(nn.Module):
             raise InputError("loss.presence_prior needs the classes' presence log-odds of the training set")
         prior = presence_log_odds if self.loss.presence_prior else torch.zeros(len(model_indices))
         self.register_buffer("presence_log_odds", prior.float(), persistent=False)
+        self.heads_only = False   # set by the trainer during `optim.head_steps`: presence and coarse maps alone
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch of B samples x K classes (see `SamplePlan.__getitem__`) -> {"mask", ..., "total"} scalars."""
@@ -77,10 +79,12 @@ class TrainingModule(nn.Module):
         m = batch["masks"].shape[1]
         targets = self._box_targets(batch, embeddings.dtype) if self._needs_boxes else None
         prompts = self._prompts(embeddings, batch, targets, k if self.loss.distillation else m)
-        logits, _ = self.model.decode(embeddings, prompts.sparse[:, :m].flatten(0, 1),
-                                      prompts.dense[:, :m].flatten(0, 1))
-        logits = logits.view(b, m, *logits.shape[-2:])
-        losses = {"mask": per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m])}
+        losses = {}
+        if self.loss.mask and not self.heads_only:   # else the decoder is not run (presence and coarse maps alone)
+            logits, _ = self.model.decode(embeddings, prompts.sparse[:, :m].flatten(0, 1),
+                                          prompts.dense[:, :m].flatten(0, 1))
+            logits = logits.view(b, m, *logits.shape[-2:])
+            losses["mask"] = per_sample_mean(mask_loss(logits, batch["masks"]), usable[:, :m])
         if self.loss.presence_all_classes:
             presence = prompts.presence_logits + self.presence_log_odds
             losses["presence"] = self._presence(presence, batch["all_present"], batch["all_usable"])

@@ -179,7 +179,8 @@ class Trainer:
         self.wrapped = self.module
         if self.context.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(self.module, device_ids=ids, broadcast_buffers=False)
+            self.wrapped = DistributedDataParallel(self.module, device_ids=ids, broadcast_buffers=False,
+                                                   find_unused_parameters=bool(config.optim.head_steps))
         self._build_optimizer(trained)
 
     def _load_data(self) -> TrainingSet:
@@ -306,6 +307,7 @@ class Trainer:
 
     def _micro_step(self, batch: dict[str, torch.Tensor], index: int, last: bool) -> None:
         batch = {key: value.to(self.device) for key, value in batch.items()}
+        self.module.heads_only = self.position.step < self.config.optim.head_steps
         sync = contextlib.nullcontext() if last or not self.context.active else self.wrapped.no_sync()
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
