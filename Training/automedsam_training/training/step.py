@@ -78,9 +78,11 @@ class TrainingModule(nn.Module):
         b, k = batch["classes"].shape
         m = batch["masks"].shape[1]
         targets = self._box_targets(batch, embeddings.dtype) if self._needs_boxes else None
-        prompts = self._prompts(embeddings, batch, targets, k if self.loss.distillation else m)
+        decode = bool(self.loss.mask) and not self.heads_only   # else presence and coarse maps alone: no decoder,
+        prompts = self._prompts(embeddings, batch, targets,      # and no pair prompts unless distillation needs them
+                                k if self.loss.distillation else m if decode else 0)
         losses = {}
-        if self.loss.mask and not self.heads_only:   # else the decoder is not run (presence and coarse maps alone)
+        if decode:
             logits, _ = self.model.decode(embeddings, prompts.sparse[:, :m].flatten(0, 1),
                                           prompts.dense[:, :m].flatten(0, 1))
             logits = logits.view(b, m, *logits.shape[-2:])
@@ -124,8 +126,9 @@ class TrainingModule(nn.Module):
         if not self.loss.coarse_exclusive:
             return loss
         others = F.adaptive_avg_pool2d((label_map[:, None] > 0).to(logits.dtype), logits.shape[-2:]) - target
-        negative = (F.softplus(logits.float()) * others).sum(dim=(-2, -1)) / others.sum(dim=(-2, -1)).clamp_min(1.0)
-        return loss + per_sample_mean(negative, ~usable & (others.sum(dim=(-2, -1)) > 0))
+        cover = others.sum(dim=(-2, -1))
+        negative = (F.softplus(logits.float()) * others).sum(dim=(-2, -1)) / cover.clamp_min(1.0)
+        return loss + per_sample_mean(negative, ~usable & (cover > 0))
 
     @property
     def _needs_boxes(self) -> bool:
