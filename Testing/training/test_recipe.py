@@ -45,7 +45,8 @@ def test_crop_blanks_outside_a_box_and_intensity_stays_in_range():
     assert np.array_equal(again[0], cut[3][0])                                  # seeded
 
 
-@pytest.mark.parametrize("changes", [{"crop": 1.5}, {"aspect": -0.1}, {"bias_field": -1.0}, {"crop_max": 0.6}])
+@pytest.mark.parametrize("changes", [{"crop": 1.5}, {"aspect": -0.1}, {"bias_field": -1.0}, {"crop_max": 0.6},
+                                     {"embedding_noise": -0.1}])
 def test_bad_augmentation_settings_are_input_errors(changes):
     with pytest.raises(InputError):
         AugmentConfig(**changes)
@@ -93,6 +94,20 @@ def test_presence_covers_every_class_and_optional_terms_switch_on(variant):
     full = TrainingModule(model, torch.arange(3), LossConfig(distillation=1.0, denoising=1.0,
                                                             uncertainty_weighting=True))(batch)
     assert math.isfinite(full["distillation"].item()) and math.isfinite(full["denoising"].item())
+
+
+def test_embedding_noise_perturbs_training_steps_only_and_leaves_the_store_key_alone():
+    model = tiny_model(("liver", "spleen", "stomach"), variant="anatomy")
+    batch = _batch([[0, 2], [1, 0]], [[True, False], [True, True]], masks=2)
+    plain = TrainingModule(model, torch.arange(3), LossConfig())(batch)["total"]
+    noisy = TrainingModule(model, torch.arange(3), LossConfig(), embedding_noise=0.5)
+    torch.manual_seed(0)
+    first = noisy(batch)["total"]
+    torch.manual_seed(1)
+    assert not torch.isclose(first, plain) and not torch.isclose(noisy(batch)["total"], first)   # drawn per step
+    assert torch.isclose(noisy.eval()(batch)["total"], plain)                                    # never in eval
+    assert AugmentConfig(embedding_noise=0.1).encoding_dict() == AugmentConfig().encoding_dict()  # same embeddings
+    assert AugmentConfig(embedding_noise=0.1).to_dict()["embedding_noise"] == 0.1                # but recorded
 
 
 def test_the_anatomy_recipe_config_loads(tmp_path):

@@ -17,6 +17,8 @@ from scipy import ndimage
 
 from automedsam.errors import InputError
 
+STEP_TIME_FIELDS = ("embedding_noise",)   # drawn at each training step, not at encoding
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -34,22 +36,31 @@ class AugmentConfig:
     crop_max: float = 0.3                   # each side of that box cut by up to this fraction of the slice
     intensity_curve: float = 0.0            # random monotone intensity remap (contrast phase, MR weighting)
     bias_field: float = 0.0                 # multiplicative linear intensity ramp of up to +-b (MR coil bias)
+    # Gaussian noise on the cached embeddings at every training step, in units of each channel's spatial standard
+    # deviation (0.1 is about what bf16 encoding changes): drawn per step, so not part of the embedding store's key.
+    embedding_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
         object.__setattr__(self, "gamma", tuple(float(v) for v in self.gamma))
-        extras = (self.aspect, self.crop, self.crop_max, self.intensity_curve, self.bias_field)
+        extras = (self.aspect, self.crop, self.crop_max, self.intensity_curve, self.bias_field,
+                  self.embedding_noise)
         if (self.variants < 0 or self.rotation_deg < 0 or self.translation < 0 or self.noise_std < 0
                 or min(extras) < 0 or self.aspect >= 1 or self.crop > 1 or self.crop_max >= 0.5):
-            raise InputError("augmentation variants, rotation, translation, noise, aspect, crop, intensity_curve "
-                             "and bias_field must not be negative; aspect < 1, crop <= 1, crop_max < 0.5")
+            raise InputError("augmentation variants, rotation, translation, noise, aspect, crop, intensity_curve, "
+                             "bias_field and embedding_noise must not be negative; aspect < 1, crop <= 1, "
+                             "crop_max < 0.5")
         if not 0 < self.scale[0] <= self.scale[1] or not 0 < self.gamma[0] <= self.gamma[1]:
             raise InputError(f"augmentation scale {self.scale} and gamma {self.gamma} must be (low, high) with "
                              "0 < low <= high")
 
     def to_dict(self) -> dict[str, object]:
-        """Plain dict (for configs, cache keys and checkpoints)."""
+        """Plain dict (for configs and checkpoints)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def encoding_dict(self) -> dict[str, object]:
+        """What shapes the encoded copies (the embedding store's key): all but the per-step `embedding_noise`."""
+        return {k: v for k, v in self.to_dict().items() if k not in STEP_TIME_FIELDS}
 
 
 def slice_rng(config: AugmentConfig, case_id: str, slice_index: int, variant: int) -> np.random.Generator:

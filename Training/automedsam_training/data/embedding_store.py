@@ -47,7 +47,7 @@ def store_key(case: PreparedCase, model: Any) -> tuple[str, dict[str, Any]]:
     parts = {"store_version": STORE_VERSION, "case": case.case_id,
              "volume": EmbeddingCache.volume_key(case.volume, case.config.to_dict(), encoder_id),
              "preprocessing": case.config.to_dict(), "encoder_id": encoder_id, "encoder_sha256": encoder_sha,
-             "augmentation": case.augment.to_dict(), "variants": 1 + case.augment.variants}
+             "augmentation": case.augment.encoding_dict(), "variants": 1 + case.augment.variants}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return digest, parts
 

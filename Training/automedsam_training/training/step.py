@@ -7,7 +7,8 @@ inference uses (`prompts(condition)`), for the first `data.mask_pairs` pairs of 
 shared trunk runs once per slice) and all of them get the presence loss. With `loss.presence_prior` each class's
 training log-odds of presence is added to its logit in the loss (logit adjustment, Menon et al. 2021): a class prior
 alone no longer lowers the loss (the first anatomy runs learned only that: the same score on every slice), and the
-model's own logit, used at inference, is the image's evidence. During `optim.head_steps` (`heads_only`) the mask
+model's own logit, used at inference, is the image's evidence. `augment.embedding_noise` perturbs the cached
+embeddings at each step (training mode only). During `optim.head_steps` (`heads_only`) the mask
 loss and the decoder are skipped: presence and coarse maps first learn what the slice shows, cheaply. The optional
 box distillation and denoising terms (`[loss]` weights) train towards SAM's prompt for the ground-truth box. The
 coarse term (`loss.coarse`, anatomy encoders with `coarse_maps`) trains the coarse map of every labelled class of
@@ -60,8 +61,9 @@ class TrainingModule(nn.Module):
     """The model and the loss weighting; `forward(batch)` returns the scalar losses and their total."""
 
     def __init__(self, model: AutoMedSAM, model_indices: torch.Tensor, loss: LossConfig | None = None,
-                 presence_log_odds: torch.Tensor | None = None) -> None:
+                 presence_log_odds: torch.Tensor | None = None, embedding_noise: float = 0.0) -> None:
         super().__init__()
+        self.embedding_noise = embedding_noise   # `augment.embedding_noise`, applied in training mode only
         self.model = model
         self.loss = loss or LossConfig()
         self.weighting = make_weighting(self.loss)
@@ -74,7 +76,7 @@ class TrainingModule(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch of B samples x K classes (see `SamplePlan.__getitem__`) -> {"mask", ..., "total"} scalars."""
-        embeddings, present, usable = batch["embedding"], batch["present"], batch["usable"]
+        embeddings, present, usable = self._noised(batch["embedding"]), batch["present"], batch["usable"]
         b, k = batch["classes"].shape
         m = batch["masks"].shape[1]
         targets = self._box_targets(batch, embeddings.dtype) if self._needs_boxes else None
@@ -102,6 +104,14 @@ class TrainingModule(nn.Module):
             losses["coarse"] = self._coarse(prompts.coarse, batch["label_map"], batch["all_usable"])
         losses["total"] = self.weighting(losses)
         return losses
+
+    def _noised(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The embeddings plus Gaussian noise scaled by each channel's spatial standard deviation (training only), so
+        that the prompt does not hinge on differences as small as those between fp32 and bf16 encoders."""
+        if not self.training or not self.embedding_noise:
+            return embeddings
+        scale = embeddings.std(dim=(-2, -1), keepdim=True) * self.embedding_noise
+        return embeddings + torch.randn_like(embeddings) * scale
 
     def _presence(self, logits: torch.Tensor, present: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
         """Presence BCE over the usable pairs; balanced: present and absent pairs weigh half each, so that the many

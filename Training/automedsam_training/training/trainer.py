@@ -175,7 +175,8 @@ class Trainer:
         self.loader = DataLoader(self.plan, batch_size=config.optim.batch_size, sampler=self.sampler, num_workers=0)
         indices = torch.tensor([self.model.class_index(key) for key in self.classes])
         prior = torch.from_numpy(presence_log_odds(self.data)) if config.loss.presence_prior else None
-        self.module = TrainingModule(self.model, indices, config.loss, prior).to(self.device)
+        self.module = TrainingModule(self.model, indices, config.loss, prior,
+                                     config.augment.embedding_noise).to(self.device)
         self.wrapped = self.module
         if self.context.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
