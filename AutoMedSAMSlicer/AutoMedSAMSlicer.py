@@ -220,7 +220,7 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic = AutoMedSAMSlicerLogic()
         self._classTree = lib.ClassTree(self.ui.classTreeWidget)
-        self._reviewTable = lib.ReviewTable(self.ui.reviewTable)
+        self._reviewTable = lib.ReviewTable(self.ui.reviewTable, self.onReviewJump)
         self._modelInfo = lib.ModelInfo(self.ui.modelInfoLabel, self.logic.catalog)
         self._refinePanel = lib.RefinePanel(self.ui, self.logic, lambda: self._parameterNode)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -432,6 +432,13 @@ class AutoMedSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     # ------------------------------------------------------------------------------------- review, export
+    def onReviewJump(self, classKey: str, position) -> None:
+        """A review row chosen: that class becomes the one to refine, and its slice is prepared now, so that the first
+        correcting click there runs the mask decoder only."""
+        self._refinePanel.selectClass(classKey)
+        if self._parameterNode is not None:
+            self.logic.prepareRefinement(self._parameterNode, classKey, position)
+
     def onSegmentEditorButton(self) -> None:
         """Open the Segment Editor on the result, with the input volume as its source volume."""
         lib.openSegmentEditor(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
@@ -539,6 +546,21 @@ class AutoMedSAMSlicerLogic(ScriptedLoadableModuleLogic):
         return RefinementRequest(parameters.inputVolume, parameters.outputSegmentation, classKey,
                                  parameters.positivePoints, parameters.negativePoints, parameters.refineBox,
                                  parameters.propagate, self.modelSummary(parameters).spec, parameters.device.value)
+
+    def prepareRefinement(self, parameters, classKey: str, position=None) -> bool:
+        """Make the class prompt of the prompts' slice (or, with `position`, of the slice through that RAS point) for
+        the next Refine (`SceneRefiner.prepare`). Only a head start: when it cannot be made, Refine makes it and
+        reports any problem, so a failure here is only logged."""
+        if parameters.inputVolume is None or not classKey:
+            return False
+        try:
+            if position is not None:
+                return self.refiner().prepare_at(parameters.inputVolume, classKey, tuple(position),
+                                                 self.modelSummary(parameters).spec, parameters.device.value)
+            return self.refiner().prepare(self.refinementRequest(parameters, classKey))
+        except Exception as error:  # noqa: BLE001 - a failed head start must not interrupt the user
+            logging.warning(f"AutoMedSAM could not prepare the slice for refinement: {error}")
+            return False
 
     def refinementProblem(self, parameters, classKey: str):
         """Why Refine cannot run now, or None."""

@@ -106,7 +106,7 @@ class FakeModel:
 
     def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
                         point_labels: torch.Tensor, box: torch.Tensor | None,
-                        class_prompt: object = None) -> PromptOutput:
+                        class_prompt: object = None, decode: object = None) -> PromptOutput:
         """A box: 'inside the box and not air'; else the class's band (or 'not air' without a class); negative
         points clear a 5-pixel square around them. Presence: the class's band is on the slice."""
         if box is not None:

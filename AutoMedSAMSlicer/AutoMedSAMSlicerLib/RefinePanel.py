@@ -61,6 +61,13 @@ class RefinePanel:
         if not self._filling:
             self.update(self._classes)
 
+    def selectClass(self, key: str) -> bool:
+        """Make `key` the class to refine, if it is offered."""
+        index = self.ui.refineClassComboBox.findData(key)
+        if index >= 0:
+            self.ui.refineClassComboBox.setCurrentIndex(index)
+        return index >= 0
+
     def classKey(self) -> str:
         """Catalog key of the chosen class ("" when there is none)."""
         return self.ui.refineClassComboBox.currentData or ""
@@ -76,9 +83,18 @@ class RefinePanel:
                 node.RemoveObserver(tag)
         self._observed = []
         for node in nodes:
-            events = () if node is None else (node.PointPositionDefinedEvent, node.PointRemovedEvent)
-            tags = [node.AddObserver(event, lambda *args: self.update(self._classes)) for event in events]
+            tags = [] if node is None else [
+                node.AddObserver(node.PointPositionDefinedEvent, lambda *args: self.onPromptPlaced()),
+                node.AddObserver(node.PointRemovedEvent, lambda *args: self.update(self._classes))]
             self._observed.append((node, tags))
+
+    def onPromptPlaced(self) -> None:
+        """A point or box was placed: Refine may run now, and its slice's class prompt is made at once, while the
+        user places the rest, so that Refine runs the mask decoder only."""
+        self.update(self._classes)
+        parameters = self.parameterNode()
+        if parameters is not None and self.classKey():
+            self.logic.prepareRefinement(parameters, self.classKey())
 
     def promptNode(self, kind: str, create: bool = True):
         """The markups node of a prompt kind, made (coloured, named) and stored in the parameter node if missing."""

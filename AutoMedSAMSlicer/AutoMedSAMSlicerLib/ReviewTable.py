@@ -1,7 +1,8 @@
 """The module's review helpers: the "slices to review first" table (Qt items only) and opening the Segment Editor.
 
 The ranking itself (`automedsam.review`) is computed by the logic and tested without Qt; a click on a row moves the
-slice views to that segment on that slice."""
+slice views to that segment on that slice and tells `onJump(classKey, rasPoint)` (the module then picks that class
+for refinement and prepares the slice, so that the first correcting click there is fast)."""
 
 import qt
 import slicer
@@ -13,19 +14,19 @@ MAX_ROWS = 500  # the most uncertain slices; a whole-body run can have thousands
 class ReviewTable:
     """A `QTableWidget` of (segment, slice, score) rows, most suspect first; each row keeps its RAS point."""
 
-    def __init__(self, tableWidget) -> None:
-        self.table = tableWidget
+    def __init__(self, tableWidget, onJump=None) -> None:
+        self.table, self.onJump = tableWidget, onJump
         self.table.setColumnCount(3)
         self.table.setHorizontalHeaderLabels([_("Segment"), _("Slice"), _("Score")])
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.connect("cellClicked(int,int)", self.jumpToRow)
-        self.points = []
+        self.points, self.keys = [], []
 
     def show(self, scores: list) -> None:
         """Fill the rows from `automedsam.review.slice_scores` (already sorted); an empty list clears the table."""
         shown = scores[:MAX_ROWS]
-        self.points = [score.center_ras for score in shown]
+        self.points, self.keys = [score.center_ras for score in shown], [score.key for score in shown]
         self.table.setRowCount(len(shown))
         for row, score in enumerate(shown):
             cells = (score.name, f"{score.axis} {score.index}", f"{score.score:.3f}")
@@ -37,10 +38,12 @@ class ReviewTable:
         self.table.resizeColumnsToContents()
 
     def jumpToRow(self, row: int, column: int = 0) -> None:
-        """Centre every slice view on the segment's centre on that slice."""
+        """Centre every slice view on the segment's centre on that slice, then tell `onJump`."""
         if 0 <= row < len(self.points):
             r, a, s = self.points[row]
             slicer.modules.markups.logic().JumpSlicesToLocation(r, a, s, True)
+            if self.onJump is not None:
+                self.onJump(self.keys[row], self.points[row])
 
 
 def openSegmentEditor(segmentationNode, volumeNode) -> None:

@@ -131,6 +131,11 @@ def locate(view: CanonicalView, refinement: Refinement, thick_box: bool = False)
     return SlicePrompts(slices[0], tuple((r, c, positive) for _, r, c, positive in points), box)
 
 
+def canonical_slice(view: CanonicalView, position: Sequence[float]) -> int:
+    """The canonical slice that holds a RAS point (mm); `InputError` outside the volume."""
+    return _canonical_point(view, RasPoint(tuple(float(v) for v in position)))[0]
+
+
 def _canonical_point(view: CanonicalView, point: RasPoint) -> tuple[int, int, int, bool]:
     """(slice, row, column, positive) of the voxel whose extent holds a RAS point; `InputError` outside the volume."""
     ras = np.asarray(point.position, dtype=float)
@@ -205,6 +210,12 @@ class SliceDecoder:
         self.class_prompts.move_to_end(key)
         return self.class_prompts[key]
 
+    def prepare(self, slice_index: int, class_index: int | None) -> None:
+        """Make the slice's embedding and class prompt now (e.g. when the user jumps to a slice to review it), so that
+        the first click there costs only the mask decoder."""
+        with torch.inference_mode():
+            self.class_prompt(slice_index, class_index, self.embedding(slice_index))
+
     def decode(self, slice_index: int, class_index: int | None,
                prompts: SlicePrompts) -> tuple[np.ndarray, float | None]:
         """The class's mask (R, C) on the slice from the prompts, and the presence probability (None without a class
@@ -219,7 +230,8 @@ class SliceDecoder:
             output = self.model.segment_prompts(  # type: ignore[attr-defined]
                 embedding, class_index, torch.from_numpy(points.reshape(-1, 2)).to(device),
                 torch.from_numpy(labels).to(device), box, class_prompt=self.class_prompt(slice_index, class_index,
-                                                                                         embedding))
+                                                                                         embedding),
+                decode=self.runner.decode_prompts)
             probability = torch.sigmoid(from_model_output(output.logits.float(), info))[0, 0].cpu().numpy()
         presence = None if output.presence_logits is None else float(torch.sigmoid(output.presence_logits.float())[0])
         return probability > self.options.threshold, presence

@@ -1,6 +1,7 @@
 """Real model on the sample CT: a box on a slice where the left kidney is missing restores it; --propagate carries it
-to the next slices and stops where the kidney ends. (The shipped model misses the left kidney on slices 13..22 of
-the sample; the starting segmentation here is the reference with exactly those slices removed.)"""
+to the next slices and stops where the kidney ends, in PyTorch and on the OpenVINO path (encoder and refinement
+decoder). (The shipped model misses the left kidney on slices 13..22 of the sample; the starting segmentation here is
+the reference with exactly those slices removed.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ FIRST, LAST = 8, 26        # the crop (sample slices) that keeps the test quick
 POOR = range(13, 23)       # sample slices where the left kidney is missing
 
 
-def test_a_box_restores_the_slice_and_propagation_stops_where_the_kidney_ends(sample_ct_path, sample_seg_path):
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_a_box_restores_the_slice_and_propagation_stops_where_the_kidney_ends(sample_ct_path, sample_seg_path,
+                                                                              backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     volume = read_volume(sample_ct_path, "CT")
     reference = read_volume(sample_seg_path, "CT").array
     volume, reference = _crop(volume), reference[FIRST:LAST]
@@ -37,7 +42,7 @@ def test_a_box_restores_the_slice_and_propagation_stops_where_the_kidney_ends(sa
     r0, c0, r1, c1 = mask_box(view.apply(truth)[start])
     box = RasBox(_ras(view, c0, r0, start), _ras(view, c1, r1, start))
     model = load_model(None)
-    options = EngineOptions(device="cpu", encoder_backend="torch", precision="fp32", cache=EmbeddingCache())
+    options = EngineOptions(device="cpu", encoder_backend=backend, precision="fp32", cache=EmbeddingCache())
     result = refine(volume, labels, kidney.label_value, Refinement("kidney_left", box=box), model,
                     model.class_index("kidney_left"), options, RefineOptions(propagate=True))
     before, after = labels == kidney.label_value, result.labels == kidney.label_value

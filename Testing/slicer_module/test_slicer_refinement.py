@@ -236,3 +236,33 @@ def test_clicks_on_the_same_volume_reuse_the_normalised_volume(scene, ct_node, s
     ct_node.GetImageData().Modified()
     refiner.refine(_request(ct_node, segmented, positive_points=point))
     assert len(made) == 2
+
+
+def test_a_review_jump_prepares_the_slice_so_the_first_click_makes_no_class_prompt(scene, ct_node, segmented,
+                                                                                   refiner, model):
+    """The module calls `prepare_at` when the user jumps to a (segment, slice) from the review table: the class
+    prompt of that slice is made then, and the click that follows reuses it; nothing in the segmentation changes."""
+    before = _mask(segmented, "liver", ct_node)
+    made = getattr(model, "class_prompts_made", 0)
+    assert refiner.prepare_at(ct_node, "liver", LIVER_POINT, device="cpu")
+    assert model.class_prompts_made == made + 1
+    assert np.array_equal(_mask(segmented, "liver", ct_node), before)
+    refiner.refine(_request(ct_node, segmented, positive_points=_points(scene, LIVER_POINT)))
+    assert model.class_prompts_made == made + 1                            # the click made none
+    assert not refiner.prepare_at(ct_node, "liver", (500.0, 0.0, 45.0), device="cpu")     # outside the volume
+    assert not refiner.prepare_at(ct_node, "no such organ", LIVER_POINT, device="cpu")
+    assert not refiner.prepare_at(None, "liver", LIVER_POINT, device="cpu")
+    assert model.class_prompts_made == made + 1
+
+
+def test_a_placed_prompt_prepares_its_slice_before_refine_is_pressed(scene, ct_node, segmented, refiner, model):
+    """The module calls `prepare` on every placed point or box: the slice of the prompts (here k 5) gets its class
+    prompt then, so Refine runs the mask decoder only; prompts on two slices or none prepare nothing."""
+    made = getattr(model, "class_prompts_made", 0)
+    assert not refiner.prepare(_request(ct_node, segmented))                              # no prompt yet
+    request = _request(ct_node, segmented, positive_points=_points(scene, LIVER_POINT))
+    assert refiner.prepare(request) and model.class_prompts_made == made + 1
+    assert refiner.refine(request).slices == [5] and model.class_prompts_made == made + 1
+    two_slices = _points(scene, LIVER_POINT, (31.0, 4.0, 51.0))
+    assert not refiner.prepare(_request(ct_node, segmented, positive_points=two_slices))
+    assert model.class_prompts_made == made + 1

@@ -249,3 +249,45 @@ def test_the_decoder_is_prepared_once_per_model(tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_backend, "_cached_ir", lambda *a: pytest.fail("prepared again for the same model"))
     monkeypatch.setattr(openvino_backend.hashlib, "blake2b", lambda *a, **k: pytest.fail("weights hashed again"))
     assert openvino_backend.openvino_decoder(model, "fp32", cache_root=tmp_path) is first
+
+
+def test_the_refinement_decoder_matches_pytorch_for_any_number_of_tokens(tmp_path):
+    pytest.importorskip("openvino")
+    from automedsam.model import build_lite_medsam
+
+    torch.manual_seed(0)
+    model = build_lite_medsam().eval()
+    decoder = openvino_backend.openvino_prompt_decoder(model, "fp32", cache_root=tmp_path)
+    assert len(list((tmp_path / "openvino").glob("sam-decoder-tokens-*.xml"))) == 1   # one IR for every count
+    for tokens, pairs in ((2, 1), (3, 2), (9, 1)):
+        embeddings, dense = torch.randn(pairs, 256, 64, 64), torch.randn(pairs, 256, 64, 64)
+        sparse = torch.randn(pairs, tokens, 256)
+        with torch.inference_mode():
+            expected, got = model.decode(embeddings, sparse, dense)[0], decoder(embeddings, sparse, dense)
+        assert got.shape == (pairs, 1, 256, 256)
+        assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()))
+    with pytest.raises(InputError, match="one prompt per image"):
+        decoder(embeddings, sparse[:0], dense)
+
+
+def test_refinements_decode_in_openvino_on_its_plan_and_fall_back_to_pytorch(monkeypatch, caplog):
+    from automedsam.model import build_lite_medsam
+
+    model = build_lite_medsam().eval()
+    made = []
+    monkeypatch.setattr(runner_module, "openvino_prompt_decoder", lambda m, precision: made.append(precision) or "ov")
+    make = runner_module.make_prompt_decoder
+    assert make(model, CPU, ExecutionPlan("openvino", "fp32")) == "ov" and made == ["fp32"]
+    assert make(model, CPU, ExecutionPlan("torch", "fp32")) is False
+    assert make(FakeModel(), CPU, ExecutionPlan("openvino", "fp32")) is False
+
+    def broken(m, precision):
+        raise RuntimeError("conversion failed (simulated)\nmore lines")
+
+    monkeypatch.setattr(runner_module, "openvino_prompt_decoder", broken)
+    assert make(model, CPU, ExecutionPlan("openvino", "fp32")) is False
+    assert "refinements run in PyTorch" in caplog.text and "simulated" in caplog.text
+    runner = runner_module.ModelRunner(model, CPU, ExecutionPlan("torch", "fp32"))
+    embeddings, sparse, dense = torch.randn(1, 256, 64, 64), torch.randn(1, 5, 256), torch.randn(1, 256, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(runner.decode_prompts(embeddings, sparse, dense), model.decode(embeddings, sparse, dense)[0])

@@ -10,7 +10,7 @@ under `torch.inference_mode()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -258,11 +258,14 @@ class AutoMedSAM(LiteMedSAM):
 
     def segment_prompts(self, embeddings: torch.Tensor, class_index: int | None, points: torch.Tensor,
                         point_labels: torch.Tensor, box: torch.Tensor | None,
-                        class_prompt: SliceClassPrompt | None = None) -> PromptOutput:
+                        class_prompt: SliceClassPrompt | None = None,
+                        decode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        ) -> PromptOutput:
         """One slice's refinement: its embedding (1, 256, 64, 64), the class prompt of `class_index` (None: SAM's
         no-mask prompt alone; `class_prompt`: that prompt already computed for this slice) plus SAM's tokens of
         `points` (P, 2) x, y in model-input pixels with `point_labels` (P,) 1 inside / 0 outside, and of an optional
-        `box` (4,) x0, y0, x1, y1 -> `PromptOutput`.
+        `box` (4,) x0, y0, x1, y1 -> `PromptOutput`. `decode`: (embeddings, sparse, dense) -> mask logits, e.g. a
+        runner's OpenVINO decoder (`ModelRunner.decode_prompts`); default this model's mask decoder.
 
         The class prompt's dense embedding is kept and the user's tokens are appended to its sparse tokens, except
         that a box replaces the class's two sparse tokens: those were distilled to stand for a box of the class,
@@ -277,7 +280,8 @@ class AutoMedSAM(LiteMedSAM):
             prompt = class_prompt if class_prompt is not None else self.slice_class_prompt(embeddings, class_index)
             presence, dense = prompt.presence_logits, prompt.dense
             sparse = user_sparse if user_box is not None else torch.cat([prompt.sparse, user_sparse], dim=1)
-        logits, _ = self.decode(embeddings, sparse.to(embeddings.dtype), dense.to(embeddings.dtype))
+        sparse, dense = sparse.to(embeddings.dtype), dense.to(embeddings.dtype)
+        logits = decode(embeddings, sparse, dense) if decode is not None else self.decode(embeddings, sparse, dense)[0]
         return PromptOutput(logits, presence)
 
     def train(self, mode: bool = True) -> AutoMedSAM:

@@ -27,7 +27,17 @@ import numpy as np
 
 from ..engine import EngineOptions
 from ..errors import InputError
-from ..refine import RasPoint, RefinedLabels, Refinement, RefineOptions, SliceDecoder, refine, slice_position
+from ..refine import (
+    RasPoint,
+    RefinedLabels,
+    Refinement,
+    RefineOptions,
+    SliceDecoder,
+    canonical_slice,
+    locate,
+    refine,
+    slice_position,
+)
 from ..result import Segment
 from ..volume import CanonicalView, Volume, canonical_view
 from . import bridge, edit_record
@@ -169,23 +179,56 @@ class SceneRefiner:
         view = canonical_view(volume)
         labels, protected = self._labels(request, volume, view, segment_id)
         class_index = model.class_index(key) if key in model.classes else None
+        decoder = self._decoder(request.volume_node, volume, model, request.device)
         result = refine(volume, labels, 1, refinement, model, class_index, reach=RefineOptions(
-            request.propagate, protected=protected, thick_box=True), decoder=self._decoder(request, volume, model))
+            request.propagate, protected=protected, thick_box=True), decoder=decoder)
         segment_id, created = self._write(request, view, key, segment_id, labels == 1, result)
         segment = request.segmentation_node.GetSegmentation().GetSegment(segment_id)
         return RefinementOutcome(segment_id, segment.GetName(), result.slices,
                                  [slice_position(view, s) for s in result.slices], result.stops, created,
                                  time.perf_counter() - started)
 
-    def _decoder(self, request: RefinementRequest, volume: Volume, model: Any) -> SliceDecoder:
+    def prepare(self, request: RefinementRequest) -> bool:
+        """Make the embedding and class prompt of the prompts' slice as soon as a prompt is placed (the module calls
+        this on each placed point or box), so that Refine, pressed after the user has placed the prompts, costs only
+        the mask decoder. False (nothing made) when it cannot be done now; Refine then says why."""
+        if not has_prompts(request):
+            return False
+        return self._prepare(request.volume_node, request.class_name, request.model, request.device,
+                             lambda key, view: locate(view, markups_refinement(request, key), True).slice_index)
+
+    def prepare_at(self, volume_node: Any, class_name: str, position: tuple[float, float, float],
+                   model_spec: str | None = None, device: str = "auto") -> bool:
+        """Make the embedding and class prompt of the slice through `position` (RAS mm), as the module does when the
+        user jumps to a slice from the review table; False (nothing made) when it cannot be done."""
+        return self._prepare(volume_node, class_name, model_spec, device,
+                             lambda key, view: canonical_slice(view, position))
+
+    def _prepare(self, volume_node: Any, class_name: str, model_spec: str | None, device: str,
+                 slice_of: Callable[[str, CanonicalView], int]) -> bool:
+        """`SliceDecoder.prepare` on the slice `slice_of(key, view)` for a class of the model; False if any check
+        fails (no volume, a class the model lacks, prompts outside the volume or on several slices)."""
+        if volume_problem(volume_node):
+            return False
+        try:
+            key = parse_classes(class_name, self.segmenter.catalog)[0]
+            model = self.segmenter.model(model_spec)
+            if key not in model.classes:
+                return False
+            decoder = self._decoder(volume_node, bridge.volume_from_node(volume_node), model, device)
+            decoder.prepare(slice_of(key, decoder.view), model.class_index(key))
+        except InputError:
+            return False
+        return True
+
+    def _decoder(self, node: Any, volume: Volume, model: Any, device: str) -> SliceDecoder:
         """The slice decoder of the last refinement when volume (voxels unchanged), model and device are the same:
         a click after a click does not normalise and hash the whole volume again (about a second on a large CT)."""
-        node = request.volume_node
         cache = self.segmenter.cache_for(node)       # the run's embeddings (replaced when another volume ran)
-        key = (node.GetID(), node.GetImageData().GetMTime(), node.GetMTime(), id(model), request.device, id(cache))
+        key = (node.GetID(), node.GetImageData().GetMTime(), node.GetMTime(), id(model), device, id(cache))
         if self._kept is None or self._kept[0] != key:
             self._kept = None                        # let the old decoder (and its cache) go first
-            self._kept = (key, SliceDecoder(volume, model, EngineOptions(device=request.device, cache=cache)))
+            self._kept = (key, SliceDecoder(volume, model, EngineOptions(device=device, cache=cache)))
         return self._kept[1]
 
     def _labels(self, request: RefinementRequest, volume: Volume, view: CanonicalView,
